@@ -1,0 +1,314 @@
+"""Typed configs: dataclasses validated on load, dotted overrides, resolved-config dumps.
+
+A config file is YAML whose structure mirrors the dataclasses below. Every key is checked
+on load: an unknown key, a value of the wrong type or a value outside its choices raises
+:class:`~fastgdr.errors.ConfigError` naming the file, the dotted key and what is valid.
+
+Example:
+    >>> cfg = load_config("configs/p.yaml", overrides=["model.num_classes=21"])
+    >>> cfg.model.backbone.name
+    'P'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence, TypeVar, Union
+
+import yaml
+
+from fastgdr.errors import ConfigError
+
+T = TypeVar("T")
+
+GEO_HEAD_LAYERS = 7  # the deconv and six 3x3 convs of the geometric head
+PNP_CONV_LAYERS = 3  # the three stride-2 convs of Patch-PnP
+
+
+@dataclass
+class BackboneConfig:
+    """Which feature extractor to use and where its weights come from.
+
+    Attributes:
+        name: a preset (``BM``, ``N``, ``P``, …; see ``fastgdr.models.backbones``) or any
+            timm model name.
+        pretrained: local path of a timm checkpoint or state dict for the backbone, or
+            None for random initialisation. Nothing is ever downloaded.
+        out_index: feature level to use; None takes the preset's level (the last one,
+            stride 32, for plain timm names).
+    """
+
+    name: str = "P"
+    pretrained: str | None = None
+    out_index: int | None = None
+
+
+@dataclass
+class InputConfig:
+    """How crops are fed to the backbone.
+
+    The network receives crops scaled to [0, 1] in ``channel_order`` and computes
+    ``(x - mean) / std`` per channel. GDRNPP's convention (the one its checkpoints need)
+    is BGR in [0, 1] with mean 0 and std 1.
+    """
+
+    channel_order: Literal["BGR", "RGB"] = "BGR"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {list(self.std)}")
+
+
+@dataclass
+class GeoHeadConfig:
+    """Widths of the geometric head (a pruned head has smaller widths).
+
+    Attributes:
+        widths: output channels of its 7 layers (deconv, then six 3×3 convs).
+        gn_groups: GroupNorm groups after each of the 7 layers; each width must be a
+            multiple of its group count.
+    """
+
+    widths: tuple[int, ...] = (256,) * GEO_HEAD_LAYERS
+    gn_groups: tuple[int, ...] = (32,) * GEO_HEAD_LAYERS
+
+    def __post_init__(self) -> None:
+        _check_layer_widths(self.widths, self.gn_groups, GEO_HEAD_LAYERS)
+
+
+@dataclass
+class PatchPnPConfig:
+    """Widths of Patch-PnP.
+
+    Attributes:
+        widths: output channels of its three stride-2 convs.
+        gn_groups: GroupNorm groups after each conv.
+        fc_widths: hidden sizes of fc1 and fc2.
+    """
+
+    widths: tuple[int, ...] = (128,) * PNP_CONV_LAYERS
+    gn_groups: tuple[int, ...] = (32,) * PNP_CONV_LAYERS
+    fc_widths: tuple[int, int] = (1024, 256)
+
+    def __post_init__(self) -> None:
+        _check_layer_widths(self.widths, self.gn_groups, PNP_CONV_LAYERS)
+        if any(w <= 0 for w in self.fc_widths):
+            raise ValueError(f"fc_widths must be positive, got {list(self.fc_widths)}")
+
+
+@dataclass
+class ModelConfig:
+    """The pose network: backbone → geometric head → Patch-PnP.
+
+    Attributes:
+        num_classes: number of objects C the head predicts for (class-aware heads).
+        class_aware: one output set per class (GDRNPP's per-dataset models) or one shared
+            set (its per-object models).
+        num_regions: surface regions predicted per pixel (GDRNPP: 64).
+        input_res: side of the square input crop in px.
+    """
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    geo_head: GeoHeadConfig = field(default_factory=GeoHeadConfig)
+    pnp: PatchPnPConfig = field(default_factory=PatchPnPConfig)
+    num_classes: int = 1
+    class_aware: bool = True
+    num_regions: int = 64
+    input_res: int = 256
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.num_regions < 1:
+            raise ValueError(f"num_regions must be >= 1, got {self.num_regions}")
+        if self.input_res % 32 != 0 or self.input_res <= 0:
+            raise ValueError(f"input_res must be a positive multiple of 32, got {self.input_res}")
+
+
+@dataclass
+class Config:
+    """The root of every config file."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def _check_layer_widths(widths: Sequence[int], groups: Sequence[int], layers: int) -> None:
+    if len(widths) != layers or len(groups) != layers:
+        raise ValueError(
+            f"expected {layers} widths and {layers} gn_groups, got {len(widths)} and {len(groups)}"
+        )
+    for i, (w, g) in enumerate(zip(widths, groups)):
+        if w <= 0 or g <= 0 or w % g != 0:
+            raise ValueError(
+                f"layer {i}: width {w} must be a positive multiple of its gn_groups {g}"
+            )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), cls: type[T] = Config
+) -> T:
+    """Read a YAML config, apply dotted ``key=value`` overrides and validate everything.
+
+    Args:
+        path: YAML file; None starts from the dataclass defaults.
+        overrides: strings like ``"model.backbone.name=N"``; the value is parsed as YAML
+            (``[1, 2]`` is a list, ``null`` is None).
+        cls: the root dataclass.
+
+    Raises:
+        ConfigError: naming the file, the dotted key and the valid choices.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+        data = loaded or {}
+    for item in overrides:
+        apply_override(data, item)
+    return from_dict(cls, data, source=source)
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``data[a][b][c] = value`` for an override string ``"a.b.c=value"``."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key.subkey=value")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+
+
+def from_dict(cls: type[T], data: Any, *, source: str = "<dict>", prefix: str = "") -> T:
+    """Build the dataclass ``cls`` from nested mappings, checking every key and type."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{where}' must be a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{source}: unknown key '{prefix}{key}'.{hint} Valid keys here: {', '.join(names)}"
+            )
+        kwargs[key] = _convert(hints[key], value, source=source, key=f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: invalid '{where}': {exc}") from None
+
+
+def _convert(tp: Any, value: Any, *, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source=source, prefix=f"{key}.")  # type: ignore[arg-type]
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for arg in non_none:
+            try:
+                return _convert(arg, value, source=source, key=key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{source}: '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}"
+            )
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {_describe(value)}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ConfigError(
+                    f"{source}: '{key}' must have {len(args)} entries, got {len(value)}"
+                )
+            item_types = list(args)
+        else:
+            item_types = [args[0] if args else Any] * len(value)
+        items = [
+            _convert(t, v, source=source, key=f"{key}[{i}]")
+            for i, (t, v) in enumerate(zip(item_types, value))
+        ]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}' must be true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: '{key}' must be a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: '{key}' must be a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"config type {tp!r} of '{key}' is not supported")  # a bug, not user input
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+# --------------------------------------------------------------------------- dumping
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (lists instead of tuples) of a config dataclass."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (readable back with :func:`load_config`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path

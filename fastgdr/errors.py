@@ -1,0 +1,25 @@
+"""Exceptions that carry a complete, user-facing message.
+
+Tools catch :class:`FastGDRError` and print its message without a traceback; anything
+else is a bug and keeps its traceback.
+"""
+
+
+class FastGDRError(Exception):
+    """Base class for errors caused by user input (files, configs, names, arguments)."""
+
+
+class ConfigError(FastGDRError):
+    """A config file or override has an unknown key or an invalid value."""
+
+
+class CheckpointError(FastGDRError):
+    """A checkpoint file is missing, unreadable, or does not match the model."""
+
+
+class UnknownNameError(FastGDRError):
+    """A name (backbone preset, registry entry) is not known."""
+
+
+class MissingDependencyError(FastGDRError):
+    """An optional dependency needed for the requested feature is not installed."""

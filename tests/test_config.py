@@ -1,0 +1,116 @@
+from pathlib import Path
+
+import pytest
+
+from fastgdr.config import Config, load_config, save_config, to_dict
+from fastgdr.errors import ConfigError
+
+from conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.model.backbone.name
+
+
+def test_shipped_configs_cover_the_paper_presets():
+    assert {"bm", "s", "t", "n", "p"} <= {p.stem for p in CONFIGS}
+
+
+def test_defaults_are_gdrnpp():
+    cfg = load_config(None)
+    assert cfg.model.geo_head.widths == (256,) * 7
+    assert cfg.model.geo_head.gn_groups == (32,) * 7
+    assert cfg.model.pnp.widths == (128,) * 3
+    assert cfg.model.pnp.fc_widths == (1024, 256)
+    assert cfg.model.num_regions == 64
+    assert cfg.model.input.channel_order == "BGR"
+    assert cfg.model.input.std == (1.0, 1.0, 1.0)
+
+
+def test_unknown_key_names_file_key_and_choices(tmp_path):
+    path = write(tmp_path, "model:\n  backbone:\n    nmae: P\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "model.backbone.nmae" in message
+    assert "Did you mean 'model.backbone.name'" in message
+    assert "pretrained" in message  # lists the valid keys
+
+
+def test_wrong_type_is_reported(tmp_path):
+    path = write(tmp_path, "model:\n  num_classes: three\n")
+    with pytest.raises(ConfigError, match=r"'model.num_classes' must be an integer"):
+        load_config(path)
+
+
+def test_bool_is_not_an_integer(tmp_path):
+    path = write(tmp_path, "model:\n  num_regions: true\n")
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(path)
+
+
+def test_bad_choice_lists_valid_ones(tmp_path):
+    path = write(tmp_path, "model:\n  input:\n    channel_order: BRG\n")
+    with pytest.raises(ConfigError, match=r"must be one of 'BGR', 'RGB', got 'BRG'"):
+        load_config(path)
+
+
+def test_invalid_value_from_validator(tmp_path):
+    path = write(tmp_path, "model:\n  geo_head:\n    widths: [256, 256, 256, 256, 256, 256, 250]\n")
+    with pytest.raises(ConfigError, match=r"model.geo_head.*layer 6: width 250"):
+        load_config(path)
+
+
+def test_wrong_list_length(tmp_path):
+    path = write(tmp_path, "model:\n  pnp:\n    fc_widths: [1024]\n")
+    with pytest.raises(ConfigError, match=r"'model.pnp.fc_widths' must have 2 entries"):
+        load_config(path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "model: [unclosed\n"))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_dotted_overrides():
+    cfg = load_config(
+        REPO / "configs/p.yaml",
+        ["model.backbone.name=N", "model.num_classes=21", "model.backbone.pretrained=null",
+         "model.pnp.widths=[64,64,64]", "model.pnp.gn_groups=[16,16,16]"],
+    )
+    assert cfg.model.backbone.name == "N"
+    assert cfg.model.num_classes == 21
+    assert cfg.model.backbone.pretrained is None
+    assert cfg.model.pnp.widths == (64, 64, 64)
+
+
+def test_override_errors():
+    with pytest.raises(ConfigError, match="unknown key 'model.num_clases'"):
+        load_config(None, ["model.num_clases=3"])
+    with pytest.raises(ConfigError, match="must look like"):
+        load_config(None, ["model.num_classes"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_config(None, ["model.num_classes=3", "model.num_classes.x=1"])
+
+
+def test_resolved_config_round_trip(tmp_path):
+    cfg = load_config(REPO / "configs/n.yaml", ["model.num_classes=8"])
+    saved = save_config(cfg, tmp_path / "out" / "config.yaml")
+    assert load_config(saved) == cfg
+    assert to_dict(cfg)["model"]["geo_head"]["widths"] == [256] * 7
