@@ -14,6 +14,7 @@ for line in Path("fastgdr/__init__.py").read_text().splitlines():
 
 EXTRAS = {
     "fastervit": ["fastervit>=1.0"],
+    "tensorboard": ["tensorboard"],
     "test": ["pytest>=7"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
@@ -34,6 +35,9 @@ setup(
         "pyyaml",
         "tqdm",
         "opencv-python-headless",
+        "scipy",
+        "plyfile",
+        "moderngl>=5.8",  # headless OpenGL over EGL (Debian: libegl1 libegl-mesa0 libgl1-mesa-dri)
     ],
     extras_require=EXTRAS,
     license="Apache-2.0",

@@ -134,10 +134,120 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training augmentation (GDRNPP defaults).
+
+    Attributes:
+        dzi_scale_ratio: crop scale jitter, uniform in [1 − r, 1 + r].
+        dzi_shift_ratio: crop centre jitter, uniform in ±r·(box w, h).
+        dzi_pad_scale: crop side = max(box w, h) · scale · pad_scale.
+        color_prob: probability of colour augmentation.
+        background_prob: probability of replacing the background around the object.
+        truncate_fg: cut the object's mask before background replacement.
+        background_dir: folder of background images (GDRNPP: VOC2012); None uses
+            procedural backgrounds.
+    """
+
+    dzi_scale_ratio: float = 0.25
+    dzi_shift_ratio: float = 0.25
+    dzi_pad_scale: float = 1.5
+    color_prob: float = 0.8
+    background_prob: float = 0.5
+    truncate_fg: bool = True
+    background_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("color_prob", "background_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass
+class DataConfig:
+    """Which data to train on and how ROIs are prepared.
+
+    Attributes:
+        dataset: dataset card name (lmo, ycbv, …); None detects it from the folder name
+            or reads everything from the folder (object ids from models_info.json).
+        train_splits: splits to train on; None uses the card's (or ``train_pbr``).
+        visib_threshold: instances with visib_fract ≤ this are skipped (GDRNPP 0.3).
+        min_mask_pixels: a sample is redrawn when its 64×64 visible mask has fewer pixels.
+        num_model_points: model points for the point-matching loss.
+        num_workers: data-loading worker processes.
+    """
+
+    dataset: str | None = None
+    train_splits: tuple[str, ...] | None = None
+    visib_threshold: float = 0.3
+    min_mask_pixels: int = 32
+    num_model_points: int = 3000
+    num_workers: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class LossWeights:
+    """Weights of the GDRNPP loss terms (0 disables a term)."""
+
+    xyz: float = 1.0
+    mask_visible: float = 1.0
+    mask_amodal: float = 1.0
+    region: float = 1.0
+    pm: float = 1.0
+    centroid: float = 1.0
+    z: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule (GDRNPP: Ranger, lr 8e-4, wd 0.01, 48 ROIs, 40 epochs).
+
+    Attributes:
+        iterations: total iterations; None derives them from ``epochs``.
+        epochs: passes over the training instances (used when ``iterations`` is None).
+        batch_size: ROIs per iteration, summed over all processes.
+        warmup_iters, warmup_factor, anneal_point: the flat-and-anneal schedule.
+        checkpoint_period: iterations between resumable checkpoints.
+        log_period: iterations between log lines.
+        seed: seeds sampling, augmentation and initialisation.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        amp: mixed precision (bf16) on CUDA.
+        channels_last: channels-last memory format on CUDA.
+    """
+
+    iterations: int | None = None
+    epochs: float = 40.0
+    batch_size: int = 48
+    optimizer: Literal["ranger", "adamw", "sgd"] = "ranger"
+    lr: float = 8e-4
+    weight_decay: float = 0.01
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    anneal_point: float = 0.72
+    checkpoint_period: int = 500
+    log_period: int = 20
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+
+    def __post_init__(self) -> None:
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.batch_size < 1 or self.checkpoint_period < 1 or self.log_period < 1:
+            raise ValueError("batch_size, checkpoint_period and log_period must be >= 1")
+        if not 0.0 < self.anneal_point <= 1.0:
+            raise ValueError(f"anneal_point must be in (0, 1], got {self.anneal_point}")
+
+
+@dataclass
 class Config:
     """The root of every config file."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _check_layer_widths(widths: Sequence[int], groups: Sequence[int], layers: int) -> None:

@@ -23,3 +23,7 @@ class UnknownNameError(FastGDRError):
 
 class MissingDependencyError(FastGDRError):
     """An optional dependency needed for the requested feature is not installed."""
+
+
+class DatasetError(FastGDRError):
+    """A dataset file is missing or malformed; the message names the file and the field."""

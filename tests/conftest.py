@@ -24,3 +24,32 @@ def tiny_model_config() -> ModelConfig:
             "model.num_regions=8",
         ],
     ).model
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A small synthetic BOP dataset (2 objects: one discrete, one continuous symmetry)."""
+    from fastgdr.data.synthetic import SyntheticSpec, generate_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "synth"
+    spec = SyntheticSpec(num_objects=3, train_images=12, test_images=4, width=320, height=240,
+                         objects_per_image=(2, 4), depth_range=(250.0, 450.0), seed=3)
+    generate_dataset(root, spec)
+    return root
+
+
+TINY_TRAIN_OVERRIDES = [
+    "model.backbone.name=test_convnext",
+    "model.input_res=128",
+    "model.num_regions=8",
+    "model.geo_head.widths=[16,16,16,16,16,16,16]",
+    "model.geo_head.gn_groups=[4,4,4,4,4,4,4]",
+    "model.pnp.widths=[8,8,8]",
+    "model.pnp.gn_groups=[2,2,2]",
+    "model.pnp.fc_widths=[32,16]",
+    "data.num_workers=0",
+    "data.num_model_points=200",
+    "train.batch_size=4",
+    "train.warmup_iters=2",
+    "train.log_period=1",
+]

@@ -1,0 +1,1 @@
+"""Dataset readers: BOP-format scenes, models info, dataset cards and visibility."""

@@ -1,0 +1,353 @@
+"""GDRNPP training samples from a BOP dataset: one ROI per sample, targets made online.
+
+For each ground-truth instance with enough visibility, a sample is the 256×256 crop around
+its amodal box (clipped to the image) with dynamic zoom-in (DZI), and 64×64 targets:
+normalized object coordinates rendered from the model at the ground-truth pose with the
+zoomed camera, visible and amodal masks, surface-region labels from 64 farthest-point
+samples, and the SITE translation target. Colour augmentation, truncation and
+background replacement follow GDRNPP.
+
+Sampling is driven by a global sample counter ``k`` (see :class:`TrainSampler`): the
+instance and every random choice of sample ``k`` depend only on (seed, k), so a resumed
+run sees exactly the samples an uninterrupted run would, whatever the worker count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from fastgdr.config import AugmentConfig
+from fastgdr.data.augment import BackgroundSource, color_augment, replace_background, truncate_mask
+from fastgdr.data.bop import BopDataset
+from fastgdr.data.mesh import Mesh, load_ply
+from fastgdr.data.symmetry import farthest_point_sampling, region_labels, symmetry_transformations
+from fastgdr.errors import DatasetError
+from fastgdr.geometry import coord_2d_map, crop_resize, zoom_camera_matrix
+from fastgdr.losses.gdrn import GDRNTargets
+
+
+@dataclass(frozen=True)
+class TrainInstance:
+    """One ground-truth object instance usable for training."""
+
+    split: str
+    scene_id: int
+    im_id: int
+    gt_index: int
+    obj_id: int
+    bbox_obj: tuple[float, float, float, float]  # amodal box x, y, w, h in px (may exceed the image)
+    visib_fract: float
+
+
+@dataclass
+class ObjectAssets:
+    """Per-object geometry the targets and losses need (metres)."""
+
+    extents: np.ndarray  # (3,) bounding-box size
+    fps_points: np.ndarray  # (R, 3) region centres
+    model_points: np.ndarray  # (N, 3) points for the point-matching loss
+    sym_rots: np.ndarray  # (S, 3, 3) symmetry rotations, identity first
+
+
+def index_train_instances(
+    dataset: BopDataset, splits: Sequence[str], visib_threshold: float
+) -> list[TrainInstance]:
+    """All instances of ``splits`` with visib_fract > ``visib_threshold`` (needs scene_gt_info)."""
+    instances = []
+    for split in splits:
+        for scene_id in dataset.scene_ids(split):
+            scene = dataset.load_scene(split, scene_id)
+            if scene.gt_info is None:
+                raise DatasetError(
+                    f"{dataset.split_dir(split) / f'{scene_id:06d}'}: scene_gt_info.json is needed "
+                    "for training (amodal boxes and visible fractions)"
+                )
+            for im_id, gts in scene.gt.items():
+                for gt_index, (gt, info) in enumerate(zip(gts, scene.gt_info[im_id])):
+                    if info.visib_fract > visib_threshold and gt.obj_id in dataset.obj_ids:
+                        instances.append(
+                            TrainInstance(
+                                split, scene_id, im_id, gt_index, gt.obj_id,
+                                tuple(float(v) for v in info.bbox_obj), float(info.visib_fract),
+                            )
+                        )
+    if not instances:
+        raise DatasetError(
+            f"{dataset.root}: no training instances with visib_fract > {visib_threshold} in "
+            f"splits {', '.join(splits)}"
+        )
+    return instances
+
+
+def build_object_assets(
+    meshes: Mapping[int, Mesh], dataset: BopDataset, num_regions: int, num_points: int, seed: int = 0
+) -> dict[int, ObjectAssets]:
+    """FPS region centres, loss points and symmetries for every object (in metres).
+
+    The number of loss points is min(``num_points``, fewest vertices of any object), the
+    same subset size for all objects as GDRNPP uses.
+    """
+    rng = np.random.default_rng(seed)
+    count = min([num_points] + [len(m.vertices) for m in meshes.values()])
+    assets = {}
+    for obj_id, mesh in meshes.items():
+        info = dataset.models_info[obj_id]
+        vertices = mesh.vertices.astype(np.float64) / 1000.0
+        sym_R, _ = symmetry_transformations(info.symmetries_discrete, info.symmetries_continuous)
+        assets[obj_id] = ObjectAssets(
+            extents=np.asarray(info.extents, dtype=np.float64) / 1000.0,
+            fps_points=farthest_point_sampling(vertices, num_regions),
+            model_points=vertices[rng.choice(len(vertices), count, replace=False)],
+            sym_rots=sym_R,
+        )
+    return assets
+
+
+def clipped_box(bbox_xywh: Sequence[float], width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (2,) and size (w, h) (2,) in px of a box clipped to the image."""
+    x, y, w, h = bbox_xywh
+    x1, y1 = max(x, 0.0), max(y, 0.0)
+    x2, y2 = min(x + w, float(width)), min(y + h, float(height))
+    size = np.array([max(x2 - x1, 1.0), max(y2 - y1, 1.0)])
+    return np.array([(x1 + x2) / 2.0, (y1 + y2) / 2.0]), size
+
+
+def dynamic_zoom_in(
+    center: np.ndarray, size: np.ndarray, image_size: tuple[int, int], aug: AugmentConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """GDRNPP's uniform DZI: jittered crop centre (px) and square crop side (px)."""
+    scale = 1.0 + rng.uniform(-aug.dzi_scale_ratio, aug.dzi_scale_ratio)
+    shift = rng.uniform(-aug.dzi_shift_ratio, aug.dzi_shift_ratio, size=2) * size
+    crop_size = min(float(size.max()) * scale * aug.dzi_pad_scale, float(max(image_size)))
+    return center + shift, crop_size
+
+
+@lru_cache(maxsize=4)
+def _coord_map_hw2(width: int, height: int) -> np.ndarray:
+    return np.ascontiguousarray(coord_2d_map(width, height).transpose(1, 2, 0))
+
+
+class GDRNTrainDataset(Dataset):
+    """Training ROIs of a BOP dataset; ``dataset[k]`` is sample ``k`` of the global stream.
+
+    Args:
+        dataset: the BOP dataset.
+        instances: from :func:`index_train_instances`.
+        meshes: models (mm) by object id, for the online coordinate renders.
+        assets: from :func:`build_object_assets`.
+        augment: augmentation settings; None disables every augmentation (and DZI jitter).
+        input_res: side of the image crop in px (GDRNPP: 256).
+        output_res: side of the target maps in px (GDRNPP: 64, the head's output).
+        channel_order: order of the returned crop (the model's input convention).
+        min_mask_pixels: samples whose visible 64×64 mask is smaller are redrawn.
+        seed: seeds the instance order and every augmentation.
+    """
+
+    def __init__(
+        self,
+        dataset: BopDataset,
+        instances: Sequence[TrainInstance],
+        meshes: Mapping[int, Mesh],
+        assets: Mapping[int, ObjectAssets],
+        augment: AugmentConfig | None,
+        input_res: int = 256,
+        output_res: int = 64,
+        channel_order: str = "BGR",
+        min_mask_pixels: int = 32,
+        seed: int = 0,
+    ) -> None:
+        self.dataset = dataset
+        self.instances = list(instances)
+        self.meshes = dict(meshes)
+        self.assets = dict(assets)
+        self.augment = augment
+        self.input_res, self.output_res = input_res, output_res
+        self.channel_order = channel_order
+        self.min_mask_pixels = min_mask_pixels
+        self.seed = seed
+        self.backgrounds = BackgroundSource(augment.background_dir if augment else None)
+        self._renderer = None
+        self._scenes: dict[tuple[str, int], object] = {}
+        self._order_epoch = -1
+        self._order = np.arange(len(self.instances))
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    @property
+    def renderer(self):
+        """The process's own renderer, created on first use (once per worker)."""
+        if self._renderer is None:
+            from fastgdr.render import Renderer
+
+            self._renderer = Renderer(self.meshes)
+        return self._renderer
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_renderer"] = None  # GL contexts do not cross process boundaries
+        return state
+
+    def instance_for(self, k: int) -> int:
+        """Index of the instance that global sample ``k`` uses (a fresh shuffle per epoch)."""
+        epoch, position = divmod(k, len(self.instances))
+        if epoch != self._order_epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.instances))
+            self._order_epoch = epoch
+        return int(self._order[position])
+
+    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, 1_000_003, k])
+        index = self.instance_for(k)
+        for _ in range(10):
+            sample = self.make_sample(self.instances[index], rng)
+            if sample["mask_visible"].sum() >= self.min_mask_pixels:
+                return sample
+            index = int(rng.integers(len(self.instances)))
+        return sample
+
+    def _scene(self, split: str, scene_id: int):
+        key = (split, scene_id)
+        if key not in self._scenes:
+            self._scenes[key] = self.dataset.load_scene(split, scene_id)
+        return self._scenes[key]
+
+    def make_sample(self, inst: TrainInstance, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Crop, targets and augmentation for one instance."""
+        ds, aug = self.dataset, self.augment
+        scene = self._scene(inst.split, inst.scene_id)
+        camera = scene.camera[inst.im_id]
+        gt = scene.gt[inst.im_id][inst.gt_index]
+        image = ds.read_image(inst.split, inst.scene_id, inst.im_id)
+        height, width = image.shape[:2]
+        visible_full = ds.read_mask(inst.split, inst.scene_id, inst.im_id, inst.gt_index, visible=True)
+        amodal_full = ds.read_mask(inst.split, inst.scene_id, inst.im_id, inst.gt_index, visible=False)
+
+        box_center, box_size = clipped_box(inst.bbox_obj, width, height)
+        if aug is None:
+            center, crop_size = box_center, min(float(box_size.max()) * 1.5, float(max(width, height)))
+        else:
+            center, crop_size = dynamic_zoom_in(box_center, box_size, (width, height), aug, rng)
+        resize_ratio = self.output_res / crop_size
+
+        crop = crop_resize(image, center, crop_size, self.input_res)
+        visible_in = crop_resize(visible_full.astype(np.uint8), center, crop_size, self.input_res, cv2.INTER_NEAREST) > 0
+        keep = visible_in
+        if aug is not None and rng.random() < aug.background_prob:
+            if aug.truncate_fg:
+                keep = truncate_mask(visible_in, rng)
+            crop = replace_background(crop, keep, self.backgrounds.sample(self.input_res, self.input_res, rng))
+        if aug is not None and rng.random() < aug.color_prob:
+            crop = color_augment(crop, rng)
+        if self.channel_order == "RGB":
+            crop = crop[..., ::-1]
+
+        K_crop = zoom_camera_matrix(camera.K, center, crop_size, self.output_res)
+        t_mm = np.asarray(gt.t, dtype=np.float64)
+        render = self.renderer.render([(inst.obj_id, gt.R, t_mm)], K_crop, self.output_res, self.output_res)
+        on_object = render.instance >= 0
+        keep_out = cv2.resize(keep.astype(np.uint8), (self.output_res, self.output_res), interpolation=cv2.INTER_NEAREST) > 0
+        visible = (crop_resize(visible_full.astype(np.uint8), center, crop_size, self.output_res, cv2.INTER_NEAREST) > 0)
+        visible &= on_object & keep_out
+        amodal = crop_resize(amodal_full.astype(np.uint8), center, crop_size, self.output_res, cv2.INTER_NEAREST) > 0
+
+        assets = self.assets[inst.obj_id]
+        xyz_m = render.xyz.astype(np.float64) / 1000.0
+        xyz_norm = np.where(on_object[..., None], xyz_m / assets.extents + 0.5, 0.0)
+        regions = region_labels(xyz_m, on_object, assets.fps_points)
+
+        t_m = t_mm / 1000.0
+        origin_px = (camera.K @ t_m)[:2] / t_m[2]
+        site = np.array([
+            (origin_px[0] - center[0]) / box_size[0],
+            (origin_px[1] - center[1]) / box_size[1],
+            t_m[2] / resize_ratio,
+        ])
+        coord = crop_resize(_coord_map_hw2(width, height), center, crop_size, self.output_res)
+        return {
+            "image": np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.float32) / 255.0,
+            "coord_2d": np.ascontiguousarray(coord.transpose(2, 0, 1), dtype=np.float32),
+            "roi_class": np.int64(ds.label_of(inst.obj_id)),
+            "obj_id": np.int64(inst.obj_id),
+            "extent": assets.extents.astype(np.float32),
+            "xyz": np.ascontiguousarray(xyz_norm.transpose(2, 0, 1), dtype=np.float32),
+            "mask_visible": visible.astype(np.float32),
+            "mask_amodal": amodal.astype(np.float32),
+            "region": regions,
+            "rot": np.asarray(gt.R, dtype=np.float32),
+            "trans": t_m.astype(np.float32),
+            "site": site.astype(np.float32),
+            "roi_center": center.astype(np.float32),
+            "roi_wh": box_size.astype(np.float32),
+            "resize_ratio": np.float32(resize_ratio),
+            "K": np.asarray(camera.K, dtype=np.float32),
+        }
+
+
+class TrainSampler(Sampler[int]):
+    """Global sample counters for one process, from ``start_iter`` to ``total_iters``.
+
+    Iteration ``i`` of the whole job uses samples ``i·B … i·B + B − 1`` (B = global batch);
+    process ``rank`` of ``world_size`` takes its contiguous share of each batch.
+    """
+
+    def __init__(self, total_iters: int, global_batch: int, rank: int = 0, world_size: int = 1, start_iter: int = 0):
+        if global_batch % world_size:
+            raise ValueError(f"batch size {global_batch} is not divisible by {world_size} processes")
+        self.total_iters, self.global_batch = total_iters, global_batch
+        self.rank, self.world_size, self.start_iter = rank, world_size, start_iter
+        self.local_batch = global_batch // world_size
+
+    def __iter__(self) -> Iterator[int]:
+        for iteration in range(self.start_iter, self.total_iters):
+            first = iteration * self.global_batch + self.rank * self.local_batch
+            yield from range(first, first + self.local_batch)
+
+    def __len__(self) -> int:
+        return (self.total_iters - self.start_iter) * self.local_batch
+
+
+class CollateTargets:
+    """Stacks samples into network inputs and :class:`GDRNTargets` (model points, symmetries)."""
+
+    def __init__(self, assets: Mapping[int, ObjectAssets]) -> None:
+        self.assets = dict(assets)
+
+    def __call__(self, samples: Sequence[dict[str, np.ndarray]]) -> dict[str, object]:
+        stack = lambda key: torch.from_numpy(np.stack([s[key] for s in samples]))
+        obj_ids = [int(s["obj_id"]) for s in samples]
+        max_sym = max(len(self.assets[o].sym_rots) for o in obj_ids)
+        sym = np.tile(np.eye(3), (len(samples), max_sym, 1, 1))
+        for i, o in enumerate(obj_ids):
+            rots = self.assets[o].sym_rots
+            sym[i, : len(rots)] = rots
+        targets = GDRNTargets(
+            xyz=stack("xyz"),
+            mask_visible=stack("mask_visible"),
+            mask_amodal=stack("mask_amodal"),
+            region=stack("region"),
+            rot=stack("rot"),
+            site=stack("site"),
+            roi_centers=stack("roi_center"),
+            roi_whs=stack("roi_wh"),
+            resize_ratios=stack("resize_ratio"),
+            K=stack("K"),
+            model_points=torch.from_numpy(np.stack([self.assets[o].model_points for o in obj_ids])).float(),
+            sym_rots=torch.from_numpy(sym).float(),
+        )
+        return {
+            "images": stack("image"),
+            "roi_classes": stack("roi_class"),
+            "roi_coord_2d": stack("coord_2d"),
+            "roi_extents": stack("extent"),
+            "obj_ids": torch.tensor(obj_ids),
+            "trans": stack("trans"),
+            "targets": targets,
+        }

@@ -1,0 +1,1 @@
+"""Training engine: optimizers, learning-rate schedules and the training loop."""

@@ -1,0 +1,273 @@
+"""GDRNPP training loop: one process or many (torchrun + DistributedDataParallel).
+
+``train`` builds the data and the model from a :class:`~fastgdr.config.Config`, runs the
+iteration-based schedule and writes into the run folder:
+
+- ``config.yaml`` — the resolved config;
+- ``last_checkpoint.pth`` — everything needed to resume (model, optimizer, scheduler,
+  iteration, RNG states), written atomically every ``train.checkpoint_period`` iterations;
+- ``model_final.pth`` — the trained weights and the model config, written at the end;
+- ``metrics.csv`` and ``tensorboard/`` — every loss term, the learning rate, timing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fastgdr.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from fastgdr.config import Config, save_config, to_dict
+from fastgdr.data.bop import BopDataset
+from fastgdr.data.cards import DATASET_CARDS, detect_card
+from fastgdr.data.mesh import load_ply
+from fastgdr.data.train_dataset import (
+    CollateTargets,
+    GDRNTrainDataset,
+    TrainSampler,
+    build_object_assets,
+    index_train_instances,
+)
+from fastgdr.engine.logger import MetricLogger
+from fastgdr.engine.optim import build_optimizer, flat_and_anneal_lambda
+from fastgdr.errors import CheckpointError, ConfigError
+from fastgdr.losses.gdrn import GDRNTargets, gdrn_losses, total_loss
+from fastgdr.models import GDRNPoseNet
+
+BACKBONE_STRIDE = 32  # every preset; the model checks its own feature stride
+LAST_CHECKPOINT = "last_checkpoint.pth"
+FINAL_MODEL = "model_final.pth"
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits in the job (world_size 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_type: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(choice: str, local_rank: int) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def open_dataset(cfg: Config, data_root: str | Path) -> BopDataset:
+    """The BOP dataset at ``data_root`` with its card (from the config or the folder name)."""
+    card = DATASET_CARDS.get(cfg.data.dataset) if cfg.data.dataset else detect_card(data_root)
+    return BopDataset(data_root, card)
+
+
+def train_splits(cfg: Config, dataset: BopDataset) -> tuple[str, ...]:
+    if cfg.data.train_splits:
+        return tuple(cfg.data.train_splits)
+    if dataset.card is not None:
+        return tuple(dataset.card.train_splits)
+    return ("train_pbr",)
+
+
+def build_train_dataset(cfg: Config, dataset: BopDataset, splits: Sequence[str]) -> GDRNTrainDataset:
+    """The training samples ``cfg`` describes (crops of ``model.input_res`` px, stride-32 targets)."""
+    instances = index_train_instances(dataset, splits, cfg.data.visib_threshold)
+    meshes = {obj_id: load_ply(dataset.model_path(obj_id)) for obj_id in dataset.obj_ids}
+    assets = build_object_assets(meshes, dataset, cfg.model.num_regions, cfg.data.num_model_points, cfg.train.seed)
+    return GDRNTrainDataset(
+        dataset, instances, meshes, assets, cfg.data.augment, cfg.model.input_res,
+        cfg.model.input_res // BACKBONE_STRIDE * 8, cfg.model.input.channel_order,
+        cfg.data.min_mask_pixels, cfg.train.seed,
+    )
+
+
+def total_iterations(cfg: Config, num_instances: int) -> int:
+    """``train.iterations``, or ``epochs`` passes over the instances at ``batch_size``."""
+    if cfg.train.iterations is not None:
+        return cfg.train.iterations
+    return max(1, math.ceil(cfg.train.epochs * num_instances / cfg.train.batch_size))
+
+
+def targets_to(targets: GDRNTargets, device: torch.device) -> GDRNTargets:
+    return replace(targets, **{f.name: getattr(targets, f.name).to(device, non_blocking=True) for f in fields(targets)})
+
+
+def _rng_state() -> dict:
+    """Global RNG states as plain types (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+
+
+@dataclass
+class TrainResult:
+    """What a finished :func:`train` call produced."""
+
+    final_checkpoint: Path
+    iterations: int
+    last_losses: dict[str, float]
+
+
+def train(
+    cfg: Config,
+    data_root: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    init: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the pose network on a BOP dataset.
+
+    Args:
+        cfg: the resolved config (``model.num_classes`` is set from the dataset when the
+            head is class-aware).
+        data_root: BOP dataset folder.
+        out_dir: run folder (created).
+        resume: continue from ``out_dir/last_checkpoint.pth`` with the same schedule.
+        init: checkpoint whose weights initialise the model (fine-tuning), loaded strictly.
+        progress: show a progress bar (main process only).
+    """
+    out_dir = Path(out_dir)
+    device_type = "cuda" if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
+    dist_info = setup_distributed(device_type)
+    device = resolve_device(cfg.train.device, dist_info.local_rank)
+
+    dataset = open_dataset(cfg, data_root)
+    splits = train_splits(cfg, dataset)
+    dataset.check(splits, masks=True)
+    if cfg.model.class_aware:
+        cfg = replace(cfg, model=replace(cfg.model, num_classes=len(dataset.obj_ids)))
+    data = build_train_dataset(cfg, dataset, splits)
+    iterations = total_iterations(cfg, len(data))
+
+    torch.manual_seed(cfg.train.seed)
+    model = GDRNPoseNet.from_config(cfg.model).to(device)
+    if model.backbone_info.stride != BACKBONE_STRIDE:
+        raise ConfigError(
+            f"backbone {cfg.model.backbone.name} has stride {model.backbone_info.stride}; "
+            f"training needs a stride-{BACKBONE_STRIDE} feature level (model.backbone.out_index)"
+        )
+    if init is not None:
+        load_weights(model, init, strict=True)
+    use_cuda_extras = device.type == "cuda"
+    if use_cuda_extras and cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.train.optimizer, [{"params": model.parameters()}], cfg.train.lr, cfg.train.weight_decay)
+    schedule = flat_and_anneal_lambda(iterations, cfg.train.warmup_iters, cfg.train.warmup_factor, cfg.train.anneal_point)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    start_iter = 0
+    checkpoint_path = out_dir / LAST_CHECKPOINT
+    if resume:
+        if not checkpoint_path.exists():
+            raise CheckpointError(f"cannot resume: {checkpoint_path} does not exist (start without --resume)")
+        state = read_checkpoint(checkpoint_path)
+        if state.get("config") != to_dict(cfg):
+            raise ConfigError(
+                f"cannot resume {out_dir}: the config differs from the one the run started with "
+                f"({out_dir / 'config.yaml'})"
+            )
+        load_weights(model, state, strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start_iter = int(state["iteration"])
+
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    train_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
+
+    sampler = TrainSampler(iterations, cfg.train.batch_size, dist_info.rank, dist_info.world_size, start_iter)
+    loader = DataLoader(
+        data, batch_size=sampler.local_batch, sampler=sampler, num_workers=cfg.data.num_workers,
+        collate_fn=CollateTargets(data.assets), pin_memory=use_cuda_extras,
+        prefetch_factor=4 if cfg.data.num_workers > 0 else None,
+        # spawn: a forked child of a process that has rendered cannot use EGL
+        multiprocessing_context="spawn" if cfg.data.num_workers > 0 else None,
+    )
+    logger = MetricLogger(out_dir, start_iter) if dist_info.is_main else None
+    bar = tqdm(total=iterations, initial=start_iter, disable=not (progress and dist_info.is_main), desc="train", dynamic_ncols=True)
+    losses_float: dict[str, float] = {}
+    model.train()
+    tick = time.perf_counter()
+    iteration = start_iter
+    for batch in loader:
+        images = batch["images"].to(device, non_blocking=True)
+        if use_cuda_extras and cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = targets_to(batch["targets"], device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda_extras and cfg.train.amp):
+            out = train_model(images, batch["roi_classes"].to(device), batch["roi_coord_2d"].to(device), batch["roi_extents"].to(device))
+        out = replace(out, **{f.name: getattr(out, f.name).float() for f in fields(out)})
+        losses = gdrn_losses(out, targets, cfg.train.loss_weights)
+        loss = total_loss(losses)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}: {({k: v.item() for k, v in losses.items()})}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        iteration += 1
+
+        if dist_info.is_main:
+            losses_float = {k: v.item() for k, v in losses.items()}
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.update(1)
+            if iteration % cfg.train.log_period == 0 or iteration == iterations:
+                now = time.perf_counter()
+                logger.log(iteration, {
+                    "loss": loss.item(), **losses_float, "lr": scheduler.get_last_lr()[0],
+                    "sec_per_iter": (now - tick) / cfg.train.log_period,
+                })
+                tick = now
+            if iteration % cfg.train.checkpoint_period == 0 or iteration == iterations:
+                save_checkpoint(
+                    checkpoint_path, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    iteration=iteration, rng=_rng_state(), config=to_dict(cfg),
+                )
+    bar.close()
+    final = out_dir / FINAL_MODEL
+    if dist_info.is_main:
+        logger.close()
+        save_checkpoint(final, model, config=to_dict(cfg), iteration=iteration)
+    if dist_info.world_size > 1:
+        dist.barrier()
+    return TrainResult(final, iteration, losses_float)
