@@ -27,3 +27,7 @@ class MissingDependencyError(FastGDRError):
 
 class DatasetError(FastGDRError):
     """A dataset file is missing or malformed; the message names the file and the field."""
+
+
+class ResultsFormatError(FastGDRError):
+    """A pose-results file (BOP CSV) is malformed; the message names the file and line."""

@@ -1,0 +1,266 @@
+"""Pose inference from 2D detections, as GDRNPP does it at test time.
+
+Every detection is cropped around its box centre with side 1.5 × the longer box side
+(clipped to the image size), all ROIs of an image go through the network in one batch,
+and the pose is decoded from the allocentric rot6d and the SITE translation (or, with
+``pnp=True``, solved by EPnP-RANSAC from the predicted 2D–3D correspondences).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from fastgdr.checkpoint import load_weights, read_checkpoint
+from fastgdr.config import Config, from_dict, load_config
+from fastgdr.data.detections import Detection
+from fastgdr.errors import CheckpointError
+from fastgdr.geometry import coord_2d_map, crop_resize, test_time_crop
+from fastgdr.models import GDRNPoseNet, PoseNetOutput, decode_pose
+
+PAD_SCALE = 1.5
+
+
+def load_model(
+    checkpoint: str | Path, config: str | Path | None = None, overrides: Sequence[str] = ()
+) -> tuple[GDRNPoseNet, Config]:
+    """The network of a checkpoint, in eval mode, loaded strictly.
+
+    fastgdr checkpoints carry their config (pruned widths included). An official GDRNPP
+    checkpoint has none: pass ``config`` (e.g. configs/bm.yaml with model.num_classes).
+    """
+    state = read_checkpoint(checkpoint)
+    if config is not None:
+        cfg = load_config(config, overrides)
+    elif isinstance(state.get("config"), dict):
+        cfg = from_dict(Config, state["config"], source=f"{checkpoint} (embedded config)")
+        if overrides:
+            raise CheckpointError("overrides need --config (the embedded config is used as saved)")
+    else:
+        raise CheckpointError(
+            f"{checkpoint} carries no config (an official GDRNPP checkpoint?): pass --config, "
+            "e.g. configs/bm.yaml with model.num_classes=<objects>"
+        )
+    model = GDRNPoseNet.from_config(cfg.model, init_heads=False)
+    load_weights(model, state, strict=True)
+    return model.eval(), cfg
+
+
+@dataclass
+class RoiBatch:
+    """Network inputs for the detections of one image, plus what decoding needs."""
+
+    images: torch.Tensor  # [B, 3, S, S] in [0, 1]
+    classes: torch.Tensor  # [B]
+    coord_2d: torch.Tensor  # [B, 2, s, s]
+    extents: torch.Tensor  # [B, 3] m
+    centers: torch.Tensor  # [B, 2] px
+    whs: torch.Tensor  # [B, 2] px
+    resize_ratios: torch.Tensor  # [B]
+
+
+@dataclass
+class PosePrediction:
+    """The pose of one detection: R (3, 3) model→camera, t (3,) in mm."""
+
+    detection: Detection
+    R: np.ndarray
+    t: np.ndarray
+
+
+class PosePredictor:
+    """Crops detections, runs the network on all ROIs of an image at once, decodes poses.
+
+    Args:
+        model: the pose network (eval mode).
+        labels: obj_id → 0-based class index of the head.
+        extents_mm: obj_id → bounding-box size (3,) in mm.
+        input_res: crop side in px (256).
+        channel_order: the model's input channel order (images are read BGR).
+        device: where the network runs.
+        pnp: solve the pose by EPnP-RANSAC on the predicted correspondences.
+    """
+
+    def __init__(
+        self,
+        model: GDRNPoseNet,
+        labels: Mapping[int, int],
+        extents_mm: Mapping[int, np.ndarray],
+        input_res: int = 256,
+        channel_order: str = "BGR",
+        device: torch.device | str = "cpu",
+        pnp: bool = False,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.labels = dict(labels)
+        self.extents_m = {k: np.asarray(v, dtype=np.float64) / 1000.0 for k, v in extents_mm.items()}
+        self.input_res = input_res
+        self.output_res = input_res // model.backbone_info.stride * 8
+        self.channel_order = channel_order
+        self.device = torch.device(device)
+        self.pnp = pnp
+        self._coord_maps: dict[tuple[int, int], np.ndarray] = {}
+
+    def _coord_map(self, width: int, height: int) -> np.ndarray:
+        if (width, height) not in self._coord_maps:
+            self._coord_maps[(width, height)] = np.ascontiguousarray(coord_2d_map(width, height).transpose(1, 2, 0))
+        return self._coord_maps[(width, height)]
+
+    def prepare(self, image_bgr: np.ndarray, detections: Sequence[Detection]) -> RoiBatch:
+        """Test-time crops (box centre, 1.5 × max side) of every detection."""
+        height, width = image_bgr.shape[:2]
+        image = image_bgr[..., ::-1] if self.channel_order == "RGB" else image_bgr
+        crops, coords, centers, whs, ratios = [], [], [], [], []
+        for det in detections:
+            center, crop_size = test_time_crop(det.bbox, (width, height), PAD_SCALE)
+            crops.append(crop_resize(image, center, crop_size, self.input_res))
+            coords.append(crop_resize(self._coord_map(width, height), center, crop_size, self.output_res))
+            centers.append(center)
+            whs.append((max(det.bbox[2], 1.0), max(det.bbox[3], 1.0)))
+            ratios.append(self.output_res / crop_size)
+        to = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=self.device)
+        return RoiBatch(
+            images=to(np.stack(crops).transpose(0, 3, 1, 2)) / 255.0,
+            classes=to([self.labels[d.obj_id] for d in detections], torch.long),
+            coord_2d=to(np.stack(coords).transpose(0, 3, 1, 2)),
+            extents=to([self.extents_m[d.obj_id] for d in detections]),
+            centers=to(centers),
+            whs=to(whs),
+            resize_ratios=to(ratios),
+        )
+
+    @torch.inference_mode()
+    def predict(
+        self, image_bgr: np.ndarray, K: np.ndarray, detections: Sequence[Detection]
+    ) -> tuple[list[PosePrediction], PoseNetOutput | None, RoiBatch | None]:
+        """Poses of ``detections`` in one image (empty list when there are none)."""
+        if not detections:
+            return [], None, None
+        batch = self.prepare(image_bgr, detections)
+        out = self.model(batch.images, batch.classes, batch.coord_2d, batch.extents)
+        K_t = torch.as_tensor(K, dtype=torch.float32, device=self.device)
+        R, t = decode_pose(out.rot6d, out.site, batch.centers, batch.whs, batch.resize_ratios, K_t)
+        R_np = R.double().cpu().numpy()
+        t_np = t.double().cpu().numpy() * 1000.0
+        if self.pnp:
+            for i, det in enumerate(detections):
+                solved = pnp_ransac_pose(out, batch, i, self.extents_m[det.obj_id], K, image_bgr.shape[1], image_bgr.shape[0])
+                if solved is not None:
+                    R_np[i], t_np[i] = solved
+        return [PosePrediction(d, R_np[i], t_np[i]) for i, d in enumerate(detections)], out, batch
+
+
+def mask_probability(mask: torch.Tensor) -> torch.Tensor:
+    """GDRNPP's mask probability for L1-regressed masks: per-ROI min-max normalization."""
+    flat = mask.flatten(1)
+    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    return ((flat - low) / (high - low).clamp_min(1e-6)).view_as(mask)
+
+
+def pnp_ransac_pose(
+    out: PoseNetOutput, batch: RoiBatch, index: int, extent_m: np.ndarray, K: np.ndarray, width: int, height: int,
+    mask_threshold: float = 0.5, reprojection_px: float = 3.0, iterations: int = 100,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """EPnP-RANSAC on predicted correspondences of ROI ``index`` (R, t in mm), or None.
+
+    2D points are the output pixels' image coordinates (u/W·W, v/H·H); 3D points the
+    de-normalized predicted coordinates; pixels with mask probability > 0.5 and a
+    non-degenerate coordinate are used. None when fewer than 4 points or no solution.
+    """
+    prob = mask_probability(out.visible_mask[index : index + 1])[0, 0].cpu().numpy()
+    xyz = ((out.xyz[index].cpu().numpy().transpose(1, 2, 0) - 0.5) * extent_m).reshape(-1, 3)
+    uv = batch.coord_2d[index].cpu().numpy().transpose(1, 2, 0).reshape(-1, 2) * (width, height)
+    keep = (prob.reshape(-1) > mask_threshold) & np.all(np.abs(xyz) > 1e-4 * extent_m, axis=1)
+    if keep.sum() < 4:
+        return None
+    ok, rvec, tvec, _ = cv2.solvePnPRansac(
+        xyz[keep].astype(np.float64), uv[keep].astype(np.float64), np.asarray(K, np.float64), None,
+        flags=cv2.SOLVEPNP_EPNP, reprojectionError=reprojection_px, iterationsCount=iterations,
+    )
+    if not ok:
+        return None
+    return cv2.Rodrigues(rvec)[0], tvec.reshape(3) * 1000.0
+
+
+def timed(fn, *args):
+    """``(fn(*args), seconds)``, synchronizing CUDA before reading the clock."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn(*args)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+@dataclass
+class InferenceStats:
+    """Timing of an inference run (seconds, per image, detector time excluded)."""
+
+    images: int
+    estimates: int
+    network_seconds: list[float]
+
+    @property
+    def mean_seconds(self) -> float:
+        return float(np.mean(self.network_seconds)) if self.network_seconds else 0.0
+
+
+def images_to_process(dataset, split: str) -> list[tuple[int, int]]:
+    """(scene_id, im_id) of the test targets when the dataset has them, else every image."""
+    if (dataset.root / "test_targets_bop19.json").exists() and split == getattr(dataset.card, "test_split", "test"):
+        return sorted({(t.scene_id, t.im_id) for t in dataset.load_test_targets()})
+    keys = []
+    for scene_id in dataset.scene_ids(split):
+        scene = dataset.load_scene(split, scene_id, require_gt=False)
+        keys += [(scene_id, im_id) for im_id in sorted(scene.camera)]
+    return keys
+
+
+def infer_dataset(
+    predictor: PosePredictor,
+    dataset,
+    split: str,
+    detections: Mapping[tuple[int, int], Sequence[Detection]],
+    top_k_per_object: int | None,
+    score_threshold: float = 0.0,
+    progress=None,
+) -> tuple[list, InferenceStats]:
+    """Poses for every detection of every image to process, as BOP results.
+
+    The per-image time written with each estimate is the network time of that image
+    (crops, forward, decoding) plus the detector's time from the detections file, the
+    same value for all estimates of the image.
+
+    Args:
+        progress: optional callable wrapping an iterable (e.g. tqdm).
+    """
+    from fastgdr.data.detections import select_detections
+    from fastgdr.eval.results import PoseEstimate
+
+    keys = images_to_process(dataset, split)
+    scenes: dict[int, object] = {}
+    estimates, seconds = [], []
+    for scene_id, im_id in progress(keys) if progress else keys:
+        if scene_id not in scenes:
+            scenes[scene_id] = dataset.load_scene(split, scene_id, require_gt=False)
+        camera = scenes[scene_id].camera[im_id]
+        dets = select_detections(
+            [d for d in detections.get((scene_id, im_id), []) if d.obj_id in predictor.labels],
+            top_k_per_object, score_threshold,
+        )
+        image = dataset.read_image(split, scene_id, im_id)
+        (poses, _, _), elapsed = timed(predictor.predict, image, camera.K, dets)
+        seconds.append(elapsed)
+        image_time = elapsed + max((d.time for d in dets), default=0.0)
+        estimates += [
+            PoseEstimate(scene_id, im_id, p.detection.obj_id, p.detection.score, p.R, p.t, image_time)
+            for p in poses
+        ]
+    return estimates, InferenceStats(len(keys), len(estimates), seconds)

@@ -1,0 +1,1 @@
+"""Pose-error functions and the BOP evaluation protocol."""

@@ -1,0 +1,213 @@
+"""Pose-estimation results in the BOP 2019 CSV format: reading, validation, writing.
+
+One file per dataset, named ``{METHOD}_{DATASET}-{SPLIT}[-{SPLITTYPE}][_{OPTIONAL_ID}].csv``
+(METHOD contains no ``_``). The optional first line is the header
+``scene_id,im_id,obj_id,score,R,t,time``; every other line is one estimate with exactly
+seven comma-separated fields::
+
+    scene_id,im_id,obj_id,score,R,t,time
+    1,0,5,0.93,0.1 0.2 ... (9 numbers),12.5 -3.0 610.2,0.081
+
+* ``R``: the 9 entries of the model→camera rotation, row-major, space-separated.
+* ``t``: the 3 entries of the model→camera translation in **mm**, space-separated.
+* ``score``: confidence, higher is more confident.
+* ``time``: seconds spent on the **whole image**; the same (within 1 ms) for every
+  estimate of one image; negative means "not available".
+
+:func:`load_results` checks all of this and raises :class:`~fastgdr.errors.ResultsFormatError`
+with a one-line message naming the file, the first bad line and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastgdr.errors import ResultsFormatError
+
+HEADER = "scene_id,im_id,obj_id,score,R,t,time"
+# Two times of one image may differ by at most this much (s), as in the BOP toolkit.
+TIME_TOLERANCE_S = 0.001
+_FIELDS = HEADER.split(",")
+
+
+@dataclass
+class PoseEstimate:
+    """One pose estimate of one object instance.
+
+    Attributes:
+        scene_id: BOP scene id.
+        im_id: image id within the scene.
+        obj_id: BOP object id.
+        score: confidence; higher is more confident.
+        R: (3, 3) float64 rotation, model → camera.
+        t: (3,) float64 translation, model → camera, mm.
+        time: seconds spent on the whole image (negative: not available).
+    """
+
+    scene_id: int
+    im_id: int
+    obj_id: int
+    score: float
+    R: np.ndarray
+    t: np.ndarray
+    time: float
+
+
+def parse_result_filename(path: str | Path) -> tuple[str, str, str, str | None]:
+    """Split a BOP results filename into its parts.
+
+    ``{METHOD}_{DATASET}-{SPLIT}[-{SPLITTYPE}][_{OPTIONAL_ID}].csv``, e.g.
+    ``gdrnpp_lmo-test.csv`` or ``mine_tless-test-primesense_run2.csv``. The name is split
+    on ``_`` and its second part on ``-``, as the BOP toolkit does, so METHOD must not
+    contain ``_``.
+
+    Args:
+        path: the results file (only its name is used).
+
+    Returns:
+        (method, dataset, split, split_type or None).
+
+    Raises:
+        ResultsFormatError: the name does not follow the pattern.
+    """
+    name = Path(path).name
+    expected = (
+        "expected {METHOD}_{DATASET}-{SPLIT}[-{SPLITTYPE}][_{OPTIONAL_ID}].csv "
+        "with no '_' in METHOD, e.g. mymethod_lmo-test.csv"
+    )
+    if not name.endswith(".csv"):
+        raise ResultsFormatError(f"{path}: bad results filename {name!r}: {expected}")
+    parts = name[: -len(".csv")].split("_")
+    if len(parts) < 2 or not parts[0]:
+        raise ResultsFormatError(f"{path}: bad results filename {name!r}: {expected}")
+    dataset_parts = parts[1].split("-")
+    if len(dataset_parts) not in (2, 3) or not all(dataset_parts):
+        if any("-" in part for part in parts[2:]):
+            raise ResultsFormatError(
+                f"{path}: bad results filename {name!r}: METHOD must not contain '_' "
+                f"(the name is split on '_'); {expected}"
+            )
+        raise ResultsFormatError(f"{path}: bad results filename {name!r}: {expected}")
+    split_type = dataset_parts[2] if len(dataset_parts) == 3 else None
+    return parts[0], dataset_parts[0], dataset_parts[1], split_type
+
+
+def load_results(path: str | Path) -> list[PoseEstimate]:
+    """Read and validate a BOP 2019 results CSV.
+
+    Checks, in file order, stopping at the first problem: the optional header on line 1;
+    exactly 7 comma-separated fields per line; integer ids; finite numbers for score, the
+    9 entries of R, the 3 entries of t and time; and that all estimates of one image have
+    the same time within 1 ms. Blank lines are skipped.
+
+    Args:
+        path: the CSV file.
+
+    Returns:
+        The estimates in file order.
+
+    Raises:
+        ResultsFormatError: one-line message naming the file, the line number (1-based)
+            and what was expected.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ResultsFormatError(f"{path}: results file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsFormatError(f"{path}: results file cannot be read: {exc}") from None
+    estimates: list[PoseEstimate] = []
+    first_line_of_image: dict[tuple[int, int], tuple[float, int]] = {}
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or (line_no == 1 and HEADER in line.replace(" ", "")):
+            continue
+        estimate = _parse_line(path, line_no, line)
+        key = (estimate.scene_id, estimate.im_id)
+        if key not in first_line_of_image:
+            first_line_of_image[key] = (estimate.time, line_no)
+        else:
+            time, first_no = first_line_of_image[key]
+            if abs(time - estimate.time) > TIME_TOLERANCE_S:
+                raise ResultsFormatError(
+                    f"{path}: line {line_no}: time {estimate.time} of scene {key[0]} image "
+                    f"{key[1]} differs from time {time} on line {first_no}; expected the same "
+                    f"per-image time (within 1 ms) for all estimates of an image"
+                )
+        estimates.append(estimate)
+    return estimates
+
+
+def _parse_line(path: Path, line_no: int, line: str) -> PoseEstimate:
+    where = f"{path}: line {line_no}"
+    fields = line.split(",")
+    if len(fields) != len(_FIELDS):
+        raise ResultsFormatError(
+            f"{where}: expected {len(_FIELDS)} comma-separated fields ({HEADER}), "
+            f"got {len(fields)}"
+        )
+    scene_id, im_id, obj_id = (_integer(fields[i], _FIELDS[i], where) for i in range(3))
+    score = _numbers(fields[3], 1, "score", where)[0]
+    R = _numbers(fields[4], 9, "R", where).reshape(3, 3)
+    t = _numbers(fields[5], 3, "t", where)
+    time = _numbers(fields[6], 1, "time", where)[0]
+    return PoseEstimate(scene_id, im_id, obj_id, float(score), R, t, float(time))
+
+
+def _integer(field: str, name: str, where: str) -> int:
+    try:
+        return int(field.strip())
+    except ValueError:
+        raise ResultsFormatError(f"{where}: '{name}' must be an integer, got {field.strip()!r}") from None
+
+
+def _numbers(field: str, count: int, name: str, where: str) -> np.ndarray:
+    """Parse ``count`` space-separated finite numbers into a float64 array."""
+    items = field.split()
+    what = "a number" if count == 1 else f"{count} space-separated numbers"
+    if len(items) != count:
+        raise ResultsFormatError(f"{where}: '{name}' must be {what}, got {len(items)}: {field.strip()!r}")
+    try:
+        values = np.array([float(item) for item in items], dtype=np.float64)
+    except ValueError:
+        raise ResultsFormatError(f"{where}: '{name}' must be {what}, got {field.strip()!r}") from None
+    if not np.all(np.isfinite(values)):
+        raise ResultsFormatError(f"{where}: '{name}' must be finite, got {field.strip()!r}")
+    return values
+
+
+def save_results(path: str | Path, estimates: Iterable[PoseEstimate]) -> None:
+    """Write estimates as a BOP 2019 results CSV (with header).
+
+    Numbers are written with Python's shortest round-trip representation, so
+    :func:`load_results` gives back exactly the same floats. R is written row-major, t in
+    mm. Each line carries the estimate's own ``time``; give all estimates of an image
+    the same time (inference does).
+
+    Args:
+        path: the CSV file to write (parent folders are created).
+        estimates: the estimates, written in the given order.
+    """
+    lines = [HEADER]
+    for e in estimates:
+        R = np.asarray(e.R, dtype=np.float64).reshape(9)
+        t = np.asarray(e.t, dtype=np.float64).reshape(3)
+        lines.append(
+            f"{int(e.scene_id)},{int(e.im_id)},{int(e.obj_id)},{_num(e.score)},"
+            f"{' '.join(_num(v) for v in R)},{' '.join(_num(v) for v in t)},{_num(e.time)}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _num(value: float) -> str:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"cannot write a non-finite number ({value}) to a results file")
+    return repr(value)

@@ -1,0 +1,332 @@
+"""BOP 2019 evaluation: golden scores on a tiny synthetic test set, the protocol's rules
+(top-k, ignored estimates, strict thresholds, greedy matching) and the results-file I/O."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from fastgdr.data.bop import BopDataset
+from fastgdr.data.mesh import load_ply
+from fastgdr.data.symmetry import rotation_about_axis
+from fastgdr.errors import ResultsFormatError
+from fastgdr.eval.bop19 import (
+    AD_THETAS, MSPD_THRESHOLDS_PX, MSSD_THETAS, evaluate, greedy_match, valid_gt_indices, write_scores,
+)
+from fastgdr.eval.results import PoseEstimate, load_results, parse_result_filename, save_results
+
+BOP_KEYS = {
+    "bop19_average_recall", "bop19_average_recall_vsd", "bop19_average_recall_mssd",
+    "bop19_average_recall_mspd", "bop19_average_time_per_image",
+}
+FAR_AWAY = np.array([10000.0, 0.0, 0.0])  # mm: never matched by any error (gated or huge)
+# Symmetry-equivalent rotations (model frame) of the synthetic objects: 180° about z for
+# the block (object 1, discrete flips), 120° about z for the can (object 2, continuous;
+# a sample of the 315 and a rotation that maps its 48-sided mesh onto itself).
+SYMMETRIC_TURN = {
+    1: (np.diag([-1.0, -1.0, 1.0]), 180.0),
+    2: (rotation_about_axis(np.array([0.0, 0.0, 1.0]), 2 * math.pi / 3), 120.0),
+}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    from fastgdr.data.synthetic import SyntheticSpec, generate_dataset
+
+    root = tmp_path_factory.mktemp("bop19") / "synth"
+    spec = SyntheticSpec(num_objects=2, train_images=0, test_images=6, width=160, height=120,
+                         objects_per_image=(2, 3), depth_range=(250.0, 450.0), seed=1)
+    generate_dataset(root, spec)
+    return root
+
+
+def valid_instances(dataset: BopDataset):
+    """(target, scene, [(gt_index, GTInstance)]) with the inst_count most visible GTs of each target."""
+    scene = dataset.load_scene("test", 1)
+    out = []
+    for target in dataset.load_test_targets():
+        gts, infos = scene.gt[target.im_id], scene.gt_info[target.im_id]
+        indices = [i for i, g in enumerate(gts) if g.obj_id == target.obj_id]
+        by_visibility = sorted(indices, key=lambda i: -infos[i].visib_fract)[: target.inst_count]
+        # The generator counts instances with visib_fract >= 0.1, so these are exactly they.
+        assert sorted(by_visibility) == [i for i in indices if infos[i].visib_fract >= 0.1]
+        out.append((target, [(i, gts[i]) for i in sorted(by_visibility)]))
+    return out
+
+
+def image_time(im_id: int) -> float:
+    return 0.1 * (im_id + 1)
+
+
+def estimate(target, gt, score, R=None, t=None) -> PoseEstimate:
+    return PoseEstimate(target.scene_id, target.im_id, target.obj_id, score,
+                        gt.R if R is None else R, gt.t if t is None else t, image_time(target.im_id))
+
+
+def golden_exact_or_hopeless(dataset: BopDataset):
+    """Estimates whose every error is 0 (the GT pose or a symmetric twin) or hopeless, plus
+    estimates the protocol must ignore; returns (estimates, expected scores, valid GTs)."""
+    estimates, matched, valid, turns = [], 0, 0, []
+    counter = 0
+    for target, gts in valid_instances(dataset):
+        for _, gt in gts:
+            kind = counter % 4
+            counter += 1
+            valid += 1
+            if kind == 2:  # hopeless, and an exact twin beyond inst_count (lower score: dropped)
+                estimates.append(estimate(target, gt, 0.7, t=gt.t + FAR_AWAY))
+                estimates.append(estimate(target, gt, 0.01))
+                continue
+            if kind == 1:  # symmetric twin: MSSD, MSPD, VSD and ADI are all 0
+                turn, degrees = SYMMETRIC_TURN[target.obj_id]
+                estimates.append(estimate(target, gt, 0.8, R=gt.R @ turn))
+                turns.append(degrees)
+            else:
+                estimates.append(estimate(target, gt, 0.9 if kind == 0 else 0.6))
+            matched += 1
+    # Ignored: an image without targets (its time still counts, as in the BOP toolkit) and
+    # an object that is no target of its image.
+    scene = dataset.load_scene("test", 1)
+    estimates.append(PoseEstimate(1, 99, 1, 1.0, np.eye(3), np.array([0.0, 0.0, 300.0]), 1.0))
+    targeted = {(t.im_id, t.obj_id) for t in dataset.load_test_targets()}
+    im_id, gt = next((im, g) for im, gts in scene.gt.items() for g in gts if (im, 3 - g.obj_id) not in targeted)
+    estimates.append(PoseEstimate(1, im_id, 3 - gt.obj_id, 1.0, gt.R, gt.t, image_time(im_id)))
+
+    recall = matched / valid
+    times = [image_time(im) for im in {e.im_id for e in estimates if e.im_id != 99}] + [1.0]
+    expected = {
+        "bop19_average_recall": recall, "bop19_average_recall_vsd": recall,
+        "bop19_average_recall_mssd": recall, "bop19_average_recall_mspd": recall,
+        "bop19_average_time_per_image": float(np.mean(times)),
+        "add_s_recall_0.02": recall, "add_s_recall_0.05": recall, "add_s_recall_0.10": recall,
+        "add_s_mean_rotation_error_deg": sum(turns) / matched,
+        "add_s_mean_translation_error_mm": 0.0,
+    }
+    return estimates, expected, valid
+
+
+def test_golden_exact_and_hopeless(synth):
+    dataset = BopDataset(synth)
+    estimates, expected, valid = golden_exact_or_hopeless(dataset)
+    result = evaluate(dataset, estimates)
+    assert set(result.scores) == set(expected)
+    for key, value in expected.items():
+        tol = 1e-5 if key == "add_s_mean_rotation_error_deg" else 1e-6  # arccos near 0: ~1e-6°
+        assert result.scores[key] == pytest.approx(value, abs=tol), key
+    assert 0.2 < expected["bop19_average_recall"] < 1.0
+    assert result.num_valid_gts == valid
+    assert result.num_estimates_used == valid  # inst_count per target; extras and non-targets dropped
+    assert result.num_targets == len(dataset.load_test_targets())
+    assert result.recalls["vsd"].shape == (10, 10)
+    assert sum(row["num_valid_gts"] for row in result.per_object.values()) == valid
+
+    paths = write_scores(result, synth.parent / "scores")
+    saved = json.loads(paths["scores"].read_text())
+    assert BOP_KEYS <= set(saved)
+    assert saved["bop19_average_recall"] == pytest.approx(expected["bop19_average_recall"], abs=1e-12)
+    header = paths["per_object"].read_text().splitlines()[0]
+    assert header.startswith("obj_id,num_valid_gts,num_estimates,ar_vsd,ar_mssd,ar_mspd,add_s_recall_0.02")
+    assert "bop19_average_recall_vsd" in paths["markdown"].read_text()
+
+
+def strip_symmetries(root: Path, out: Path) -> Path:
+    """A copy of the dataset whose models_info declares no symmetry (MSSD/MSPD use the
+    identity only, and "ad" uses ADD for every object)."""
+    shutil.copytree(root, out)
+    for folder in ("models", "models_eval"):
+        path = out / folder / "models_info.json"
+        info = json.loads(path.read_text())
+        for entry in info.values():
+            entry.pop("symmetries_discrete", None)
+            entry.pop("symmetries_continuous", None)
+        path.write_text(json.dumps(info))
+    return out
+
+
+def test_golden_known_shifts(synth, tmp_path):
+    """Estimates = GT shifted by s = f·diameter along the camera x axis. Without symmetries
+    MSSD = ADD = s exactly, and MSPD = fx·s / z_min (every vertex moves fx·s/z px to the
+    right), so the recall pattern follows from f and the GT pose alone."""
+    dataset = BopDataset(strip_symmetries(synth, tmp_path / "nosym"))
+    assert dataset.symmetric_obj_ids == ()
+    width = dataset.image_size[0]
+    fractions = (0.0, 0.03, 0.12, 0.27, 0.43, 0.8, 1.5)  # 1.5: gated (‖Δt‖ ≥ d) for MSSD and ADD
+    scene = dataset.load_scene("test", 1)
+    estimates = []
+    counts = {"mssd": 0, "mspd": 0, "ad": np.zeros(3)}
+    shifts_matched = []
+    n = 0
+    for target, gts in valid_instances(dataset):
+        diameter = dataset.eval_models_info[target.obj_id].diameter
+        vertices = load_ply(dataset.model_path(target.obj_id, eval=True)).vertices.astype(np.float64)
+        K = scene.camera[target.im_id].K
+        for _, gt in gts:
+            f = fractions[n % len(fractions)]
+            n += 1
+            shift = f * diameter
+            estimates.append(estimate(target, gt, 1.0 - 0.01 * n, t=gt.t + np.array([shift, 0.0, 0.0])))
+            z_min = (vertices @ gt.R.T + gt.t)[:, 2].min()
+            mspd = K[0, 0] * shift / z_min * 640.0 / width
+            assert np.min(np.abs(mspd - MSPD_THRESHOLDS_PX)) > 1e-6
+            counts["mspd"] += int(np.sum(mspd < MSPD_THRESHOLDS_PX))
+            if f < 1.0:
+                counts["mssd"] += int(np.sum(f < MSSD_THETAS))
+                counts["ad"] += f < AD_THETAS
+                if f < 0.10:
+                    shifts_matched.append(shift)
+    result = evaluate(dataset, estimates, error_types=("mssd", "mspd", "ad"))
+    expected = {
+        "bop19_average_recall_mssd": counts["mssd"] / (10 * n),
+        "bop19_average_recall_mspd": counts["mspd"] / (10 * n),
+        "bop19_average_time_per_image": float(np.mean([image_time(im) for im in {e.im_id for e in estimates}])),
+        "add_s_recall_0.02": counts["ad"][0] / n,
+        "add_s_recall_0.05": counts["ad"][1] / n,
+        "add_s_recall_0.10": counts["ad"][2] / n,
+        "add_s_mean_rotation_error_deg": 0.0,
+        "add_s_mean_translation_error_mm": float(np.mean(shifts_matched)),
+    }
+    assert set(result.scores) == set(expected)  # no AR without VSD
+    for key, value in expected.items():
+        assert result.scores[key] == pytest.approx(value, abs=1e-5 if "rotation" in key else 1e-6), key
+    assert 0.0 < expected["bop19_average_recall_mspd"] < 1.0
+
+
+def test_top_k_estimate_with_higher_score_displaces_a_correct_one(synth):
+    dataset = BopDataset(synth)
+    instances = valid_instances(dataset)
+    exact = [estimate(target, gt, 0.5) for target, gts in instances for _, gt in gts]
+    n = len(exact)
+    assert evaluate(dataset, exact, error_types=("mssd",)).scores["bop19_average_recall_mssd"] == 1.0
+    target, gts = next((t, g) for t, g in instances if len(g) >= 2)
+    hopeless_high = estimate(target, gts[0][1], 0.9, t=gts[0][1].t + FAR_AWAY)
+    hopeless_low = estimate(target, gts[0][1], 0.1, t=gts[0][1].t + FAR_AWAY)
+    result = evaluate(dataset, [*exact, hopeless_high, hopeless_low], error_types=("mssd",))
+    assert result.scores["bop19_average_recall_mssd"] == pytest.approx((n - 1) / n, abs=1e-12)
+    assert result.num_estimates_used == n
+    # Missing estimates are misses.
+    result = evaluate(dataset, exact[1:], error_types=("mssd",))
+    assert result.scores["bop19_average_recall_mssd"] == pytest.approx((n - 1) / n, abs=1e-12)
+
+
+def test_greedy_matching_is_strict_and_per_threshold():
+    # Strict: an error equal to the threshold does not match.
+    assert greedy_match(np.array([[[0.25]]]), np.array([0.25])).tolist() == [[-1]]
+    assert greedy_match(np.array([[[0.25]]]), np.array([np.nextafter(0.25, 1.0)])).tolist() == [[0]]
+    # Estimate 0 (higher score) takes its smallest-error GT 0; estimate 1 is left with GT 1.
+    errors = np.array([[0.1, 0.2], [0.05, 0.5]])[:, :, None]
+    assert greedy_match(errors, np.array([0.3])).tolist() == [[0], [-1]]
+    # Per threshold: at 0.08 estimate 0 fails on GT 0, which stays free for estimate 1.
+    assert greedy_match(errors, np.array([0.08, 0.3])).tolist() == [[-1, 0], [0, -1]]
+    # Equal errors: the GT listed first; inf and NaN never match.
+    assert greedy_match(np.array([[[0.1], [0.1]]]), np.array([0.5])).tolist() == [[0]]
+    assert greedy_match(np.array([[[np.inf], [np.nan]]]), np.array([0.5])).tolist() == [[-1]]
+
+
+def test_valid_gts_are_the_most_visible_ties_by_order():
+    assert valid_gt_indices([0.2, 0.9, 0.5], 2) == [1, 2]
+    assert valid_gt_indices([0.5, 0.9, 0.5], 2) == [0, 1]
+    assert valid_gt_indices([0.5], 3) == [0]
+
+
+def sample_estimates() -> list[PoseEstimate]:
+    rng = np.random.default_rng(0)
+    return [
+        PoseEstimate(1, im, obj, float(rng.random()), rotation_about_axis(rng.normal(size=3) / 2, rng.random()),
+                     rng.normal(size=3) * 100 + [0, 0, 500], 0.123 + im)
+        for im in range(3) for obj in (1, 2)
+    ]
+
+
+def test_results_round_trip(tmp_path):
+    estimates = sample_estimates()
+    path = tmp_path / "mymethod_synth-test.csv"
+    save_results(path, estimates)
+    assert path.read_text().splitlines()[0] == "scene_id,im_id,obj_id,score,R,t,time"
+    loaded = load_results(path)
+    assert len(loaded) == len(estimates)
+    for a, b in zip(estimates, loaded):
+        assert (a.scene_id, a.im_id, a.obj_id, a.score, a.time) == (b.scene_id, b.im_id, b.obj_id, b.score, b.time)
+        assert np.array_equal(a.R, b.R) and np.array_equal(a.t, b.t)
+    # Without a header, with Windows line ends and a trailing blank line.
+    path.write_text("\r\n".join(path.read_text().splitlines()[1:]) + "\r\n\r\n")
+    assert len(load_results(path)) == len(estimates)
+
+
+GOOD_LINE = "1,0,1,0.9,1 0 0 0 1 0 0 0 1,10 20 300,0.5"
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([GOOD_LINE, "1,0,1,0.9,1 0 0 0 1 0 0 0 1,10 20 300"],
+         "line 3: expected 7 comma-separated fields (scene_id,im_id,obj_id,score,R,t,time), got 6"),
+        (["1,0,1,0.9,1 0 0 0 1 0 0 0,10 20 300,0.5"], "line 2: 'R' must be 9 space-separated numbers, got 8"),
+        ([GOOD_LINE, "1,0,2,0.8,1 0 0 0 1 0 0 0 1,10 20 300,0.6"],
+         "line 3: time 0.6 of scene 1 image 0 differs from time 0.5 on line 2"),
+        (["1,0,1,high,1 0 0 0 1 0 0 0 1,10 20 300,0.5"], "line 2: 'score' must be a number, got 'high'"),
+        (["1,0,x,0.9,1 0 0 0 1 0 0 0 1,10 20 300,0.5"], "line 2: 'obj_id' must be an integer, got 'x'"),
+        (["1,0,1,0.9,1 0 0 0 1 0 0 0 1,10 20 nan,0.5"], "line 2: 't' must be finite"),
+    ],
+)
+def test_malformed_results_one_clear_message(tmp_path, lines, message):
+    path = tmp_path / "mymethod_synth-test.csv"
+    path.write_text("\n".join(["scene_id,im_id,obj_id,score,R,t,time", *lines]) + "\n")
+    with pytest.raises(ResultsFormatError) as info:
+        load_results(path)
+    text = str(info.value)
+    assert text.startswith(str(path)) and message in text and "\n" not in text
+
+
+def test_result_filenames():
+    assert parse_result_filename("a/mymethod_lmo-test.csv") == ("mymethod", "lmo", "test", None)
+    assert parse_result_filename("m_tless-test-primesense_run2.csv") == ("m", "tless", "test", "primesense")
+    with pytest.raises(ResultsFormatError, match="METHOD must not contain '_'"):
+        parse_result_filename("my_method_lmo-test.csv")
+    with pytest.raises(ResultsFormatError, match=r"expected \{METHOD\}_\{DATASET\}-\{SPLIT\}"):
+        parse_result_filename("results.csv")
+
+
+def eval_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools/eval_bop.py"), *args], capture_output=True, text=True)
+
+
+def test_tool_end_to_end(synth, tmp_path):
+    dataset = BopDataset(synth)
+    estimates, expected, _ = golden_exact_or_hopeless(dataset)
+    results = tmp_path / "mymethod_synth-test.csv"
+    save_results(results, estimates)
+    out = tmp_path / "eval"
+    run = eval_tool("--results", str(results), "--data", str(synth), "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "bop19_average_recall" in run.stdout
+    scores = json.loads((out / "scores_bop19.json").read_text())
+    assert BOP_KEYS <= set(scores)
+    assert scores["bop19_average_recall"] == pytest.approx(expected["bop19_average_recall"], abs=1e-6)
+    assert (out / "per_object.csv").is_file() and (out / "scores.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("my_method_synth-test.csv", GOOD_LINE, "METHOD must not contain '_'"),
+        ("mymethod_synth-test.csv", "1,0,1,0.9,1 0 0,10 20 300,0.5", "line 1: 'R' must be 9"),
+    ],
+)
+def test_tool_bad_results_file(synth, tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content + "\n")
+    run = eval_tool("--results", str(path), "--data", str(synth), "--out", str(tmp_path / "eval"))
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_tool_help_has_examples():
+    run = eval_tool("--help")
+    assert run.returncode == 0 and "Examples:" in run.stdout and "--results" in run.stdout
