@@ -44,6 +44,7 @@ from fastgdr.engine.optim import build_optimizer, flat_and_anneal_lambda
 from fastgdr.errors import CheckpointError, ConfigError
 from fastgdr.losses.gdrn import GDRNTargets, gdrn_losses, total_loss
 from fastgdr.models import GDRNPoseNet
+from fastgdr.pruning import check_init_widths
 
 BACKBONE_STRIDE = 32  # every preset; the model checks its own feature stride
 LAST_CHECKPOINT = "last_checkpoint.pth"
@@ -185,6 +186,7 @@ def train(
             f"training needs a stride-{BACKBONE_STRIDE} feature level (model.backbone.out_index)"
         )
     if init is not None:
+        check_init_widths(init, cfg.model)  # gn_groups don't show in shapes
         load_weights(model, init, strict=True)
     use_cuda_extras = device.type == "cuda"
     if use_cuda_extras and cfg.train.channels_last:

@@ -137,9 +137,10 @@ def adi_errors(
     nearest estimate-posed vertex.
 
     Works in the estimate's model frame: GT-posed vertex x maps to
-    ``y = R_eᵀ (R_g x + t_g − t_e)``, whose nearest model vertex is found with
-    :func:`torch.cdist` on blocks of ``chunk`` query points (a [chunk, P] distance
-    matrix); the distance to it is then recomputed exactly.
+    ``y = R_eᵀ (R_g x + t_g − t_e)``, whose nearest model vertex is found with a k-d tree
+    over the model vertices on the CPU (built once per call, as the BOP toolkit does per
+    pair) and with :func:`torch.cdist` on blocks of ``chunk`` query points elsewhere; the
+    distance to it is then recomputed exactly.
 
     Returns:
         [N] float64.
@@ -152,6 +153,13 @@ def adi_errors(
     M = R_e.transpose(1, 2) @ R_g
     v = (R_e.transpose(1, 2) @ (t_g - t_e)[:, :, None])[:, :, 0]
     out = torch.empty(len(M), dtype=torch.float64, device=M.device)
+    if M.device.type == "cpu":
+        from scipy.spatial import cKDTree
+
+        queries = points @ M.transpose(1, 2) + v[:, None, :]  # [N, P, 3]
+        index = torch.from_numpy(cKDTree(points.numpy()).query(queries.reshape(-1, 3).numpy())[1])
+        nearest = (queries.reshape(-1, 3) - points[index]).norm(dim=1)
+        return nearest.view(len(M), num_points).mean(dim=1)
     pairs_per_block = max(1, chunk // num_points)
     for n0 in range(0, len(M), pairs_per_block):
         n1 = min(len(M), n0 + pairs_per_block)
