@@ -27,7 +27,7 @@ $(STAMP): setup.py constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/model_info.py --presets all --out runs/demo/model_info
+	$(PY) tools/demo.py --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -203,7 +203,8 @@ class TrainConfig:
     """Optimisation schedule (GDRNPP: Ranger, lr 8e-4, wd 0.01, 48 ROIs, 40 epochs).
 
     Attributes:
-        iterations: total iterations; None derives them from ``epochs``.
+        iterations: total iterations; None derives them from ``epochs``; 0 writes the
+            initialised model (an untrained baseline).
         epochs: passes over the training instances (used when ``iterations`` is None).
         batch_size: ROIs per iteration, summed over all processes.
         warmup_iters, warmup_factor, anneal_point: the flat-and-anneal schedule.
@@ -233,8 +234,8 @@ class TrainConfig:
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
-        if self.iterations is not None and self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.iterations is not None and self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.batch_size < 1 or self.checkpoint_period < 1 or self.log_period < 1:
             raise ValueError("batch_size, checkpoint_period and log_period must be >= 1")
         if not 0.0 < self.anneal_point <= 1.0:

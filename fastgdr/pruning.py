@@ -422,7 +422,7 @@ def save_pruned(
     return save_checkpoint(path, model, config=to_dict(cfg), pruning=plan.record(source_checkpoint))
 
 
-def check_init_widths(checkpoint: str | Path, cfg_model: ModelConfig) -> None:
+def check_init_widths(checkpoint: str | Path | Mapping, cfg_model: ModelConfig, source: str | None = None) -> None:
     """Refuse to initialise a model from a checkpoint saved with other head/PnP widths.
 
     GroupNorm group counts do not show in tensor shapes, so a strict load alone would
@@ -432,11 +432,13 @@ def check_init_widths(checkpoint: str | Path, cfg_model: ModelConfig) -> None:
     Raises:
         ConfigError: naming the checkpoint's and the training config's widths.
     """
-    saved = read_checkpoint(checkpoint).get("config")
+    state = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+    name = source or str(checkpoint)
+    saved = state.get("config")
     model = saved.get("model") if isinstance(saved, Mapping) else None
     if not isinstance(model, Mapping):
         return
-    source = f"{checkpoint} (embedded config)"
+    source = f"{name} (embedded config)"
     differences = []
     for key, cls in (("geo_head", GeoHeadConfig), ("pnp", PatchPnPConfig)):
         if not isinstance(model.get(key), Mapping):
@@ -447,7 +449,7 @@ def check_init_widths(checkpoint: str | Path, cfg_model: ModelConfig) -> None:
             differences.append(f"model.{key}: checkpoint {_describe(have)} vs training config {_describe(want)}")
     if differences:
         raise ConfigError(
-            f"init checkpoint {checkpoint} was saved with other widths than the training config: "
+            f"init checkpoint {name} was saved with other widths than the training config: "
             + "; ".join(differences)
             + " (fine-tune with the config written beside the pruned checkpoint, e.g. configs/p28.yaml)"
         )

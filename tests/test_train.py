@@ -148,3 +148,15 @@ def test_ddp_with_two_gloo_processes(tiny_dataset, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_checkpoint(tmp_path / "ddp" / "model_final.pth")["iteration"] == 2
+
+
+def test_zero_iterations_writes_the_initialised_model(tiny_dataset, tmp_path):
+    result = run_train(tiny_dataset, tmp_path / "init", "train.iterations=0")
+    assert result.returncode == 0, result.stderr
+    final = read_checkpoint(tmp_path / "init" / "model_final.pth")
+    assert final["iteration"] == 0
+    torch.manual_seed(0)  # the trainer seeds with train.seed (0) before building the model
+    cfg = tiny_cfg("model.num_classes=3")
+    model = GDRNPoseNet.from_config(cfg.model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, final["model"][key]), key

@@ -185,14 +185,17 @@ def train(
             f"backbone {cfg.model.backbone.name} has stride {model.backbone_info.stride}; "
             f"training needs a stride-{BACKBONE_STRIDE} feature level (model.backbone.out_index)"
         )
+    pruning_record = None  # a pruned init's record travels on, so later pruning counts from the base
     if init is not None:
-        check_init_widths(init, cfg.model)  # gn_groups don't show in shapes
-        load_weights(model, init, strict=True)
+        init_state = read_checkpoint(init)
+        check_init_widths(init_state, cfg.model, source=str(init))  # gn_groups don't show in shapes
+        load_weights(model, init_state, strict=True)
+        pruning_record = init_state.get("pruning")
     use_cuda_extras = device.type == "cuda"
     if use_cuda_extras and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.train.optimizer, [{"params": model.parameters()}], cfg.train.lr, cfg.train.weight_decay)
-    schedule = flat_and_anneal_lambda(iterations, cfg.train.warmup_iters, cfg.train.warmup_factor, cfg.train.anneal_point)
+    schedule = flat_and_anneal_lambda(max(iterations, 1), cfg.train.warmup_iters, cfg.train.warmup_factor, cfg.train.anneal_point)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     start_iter = 0
@@ -269,7 +272,8 @@ def train(
     final = out_dir / FINAL_MODEL
     if dist_info.is_main:
         logger.close()
-        save_checkpoint(final, model, config=to_dict(cfg), iteration=iteration)
+        extra = {"pruning": pruning_record} if pruning_record is not None else {}
+        save_checkpoint(final, model, config=to_dict(cfg), iteration=iteration, **extra)
     if dist_info.world_size > 1:
         dist.barrier()
     return TrainResult(final, iteration, losses_float)

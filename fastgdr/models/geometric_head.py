@@ -28,6 +28,18 @@ from torch import nn
 from fastgdr.config import GEO_HEAD_LAYERS
 
 
+def init_gdrnpp_weights(module: nn.Module, std: float = 0.001) -> None:
+    """GDRNPP's init of its heads: conv and linear weights N(0, std), biases 0, GroupNorm (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.GroupNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ConvGNAct(nn.Module):
     """3×3 conv (no bias) → GroupNorm → exact GELU; keys ``conv.*`` and ``norm.*``.
 
@@ -130,14 +142,7 @@ class GeometricHead(nn.Module):
 
     def init_weights(self) -> None:
         """GDRNPP's training init: convs N(0, 0.001), GroupNorm (1, 0), out layer N(0, 0.01)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(m.weight, std=0.001)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.GroupNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_gdrnpp_weights(self)
         nn.init.normal_(self.out_layer.weight, std=0.01)
         nn.init.zeros_(self.out_layer.bias)
 

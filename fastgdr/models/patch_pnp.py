@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fastgdr.config import PNP_CONV_LAYERS
+from fastgdr.models.geometric_head import init_gdrnpp_weights
 
 
 class PatchPnP(nn.Module):
@@ -60,14 +61,7 @@ class PatchPnP(nn.Module):
 
     def init_weights(self) -> None:
         """GDRNPP's training init: convs N(0, 0.001), GroupNorm (1, 0), fc N(0, 0.001)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(m.weight, std=0.001)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.GroupNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_gdrnpp_weights(self)
 
     def forward(
         self,

@@ -1,0 +1,153 @@
+"""The main job: the toolkit's story on the synthetic default, stage by stage.
+
+Every stage runs one of the real command-line tools in ``tools/`` as a subprocess (what
+a user would type), logs its output to ``OUT/logs/<stage>.log`` and is skipped when its
+outputs already exist, so re-running resumes after the last finished stage. A stage's
+outputs are written by the tool itself (atomically for checkpoints), so an interrupted
+stage simply runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fastgdr.errors import FastGDRError
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: a tool invocation and the files that prove it finished."""
+
+    name: str
+    tool: str
+    args: tuple[str, ...]
+    outputs: tuple[Path, ...]
+
+    def done(self) -> bool:
+        return all(p.exists() for p in self.outputs)
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(TOOLS / self.tool), *self.args]
+
+
+@dataclass(frozen=True)
+class DemoBudget:
+    """Sizes of the demo; ``QUICK`` is the variant the test suite runs."""
+
+    objects: int
+    train_images: int
+    test_images: int
+    width: int
+    height: int
+    train_iterations: int
+    batch_size: int
+    presets: str = "all"
+    seed: int = 0
+
+
+FULL = DemoBudget(objects=4, train_images=400, test_images=50, width=640, height=480, train_iterations=240, batch_size=8)
+QUICK = DemoBudget(
+    objects=2, train_images=16, test_images=4, width=320, height=240, train_iterations=4, batch_size=4, presets="P"
+)
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # "ran" or "skipped"
+    seconds: float
+
+
+@dataclass
+class PipelineResult:
+    records: list[StageRecord] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.records)
+
+
+def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
+    """Synthetic data → P trained for the CPU budget and an untrained P → inference from the
+    detections and BOP evaluation of both → model report of every preset → summary table."""
+    data = out / "data" / "synth"
+    detections = data / "detections" / "synth_default_detections_test.json"
+    train_common = (
+        f"train.batch_size={budget.batch_size}", f"train.seed={budget.seed}",
+        f"train.warmup_iters={max(1, budget.train_iterations // 10)}",
+        f"train.checkpoint_period={max(1, budget.train_iterations // 6)}", "train.log_period=10",
+        "data.num_workers=1",
+    )
+    models = {
+        "p": budget.train_iterations,
+        "p_untrained": 0,
+    }
+    stages = [
+        Stage(
+            "synthetic data", "make_synthetic.py",
+            ("--out", str(data), "--objects", str(budget.objects), "--train-images", str(budget.train_images),
+             "--test-images", str(budget.test_images), "--width", str(budget.width), "--height", str(budget.height),
+             "--seed", str(budget.seed), "--overwrite"),
+            (data / "test_targets_bop19.json", detections),
+        )
+    ]
+    for name, iterations in models.items():
+        run = out / name
+        stages.append(Stage(
+            f"train {name}", "train.py",
+            ("--config", str(CONFIGS / "p.yaml"), "--data", str(data), "--out", str(run), "--no-progress",
+             f"train.iterations={iterations}", *train_common),
+            (run / "model_final.pth",),
+        ))
+        stages.append(Stage(
+            f"test {name}", "test.py",
+            ("--ckpt", str(run / "model_final.pth"), "--data", str(data), "--detections", str(detections),
+             "--out", str(run / "eval"), "--method", name.replace("_", "-")),
+            (run / "eval" / "scores_bop19.json",),
+        ))
+    stages.append(Stage(
+        "model report", "model_info.py", ("--presets", budget.presets, "--out", str(out / "model_info")),
+        (out / "model_info" / "model_info.json",),
+    ))
+    stages.append(Stage(
+        "summary", "report.py",
+        (*[str(out / name / "eval") for name in models], "--out", str(out / "report")),
+        (out / "report" / "README.md",),
+    ))
+    return stages
+
+
+def run_pipeline(
+    stages: Sequence[Stage], log_dir: Path, announce: Callable[[str], None] = print
+) -> PipelineResult:
+    """Run the stages that are not done yet, in order; stop at the first failure."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    result = PipelineResult()
+    for i, stage in enumerate(stages, start=1):
+        prefix = f"[{i}/{len(stages)}] {stage.name}"
+        if stage.done():
+            announce(f"{prefix}: already done, skipped")
+            result.records.append(StageRecord(stage.name, "skipped", 0.0))
+            continue
+        announce(f"{prefix}: running {' '.join(Path(c).name if j < 2 else c for j, c in enumerate(stage.command()))}")
+        log = log_dir / f"{i:02d}_{stage.name.replace(' ', '_')}.log"
+        start = time.perf_counter()
+        with log.open("w") as f:
+            code = subprocess.run(stage.command(), stdout=f, stderr=subprocess.STDOUT).returncode
+        seconds = time.perf_counter() - start
+        if code != 0 or not stage.done():
+            tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+            raise FastGDRError(f"stage '{stage.name}' failed (exit {code}); its log {log} ends with:\n{tail}")
+        announce(f"{prefix}: done in {seconds:.0f} s")
+        result.records.append(StageRecord(stage.name, "ran", seconds))
+    (log_dir.parent / "pipeline.json").write_text(json.dumps([r.__dict__ for r in result.records], indent=2))
+    return result
