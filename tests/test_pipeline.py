@@ -31,7 +31,7 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
 def test_a_failing_stage_stops_with_its_log(tmp_path):
     stage = Stage("broken", "train.py", ("--config", str(tmp_path / "missing.yaml"), "--data", "x", "--out", "y"),
                   (tmp_path / "never",))
-    with pytest.raises(FastGDRError, match="stage 'broken' failed .*config file not found"):
+    with pytest.raises(FastGDRError, match=r"(?s)stage 'broken' failed .*config file not found"):
         run_pipeline([stage], tmp_path / "logs", announce=lambda _: None)
 
 
