@@ -100,6 +100,9 @@ class CountingRenderer:
         self.calls += 1
         return self.renderer.render_depth(*args)
 
+    def bounding_radius(self, obj_id):
+        return self.renderer.bounding_radius(obj_id)
+
 
 def batched_all(obj_id, R_e, t_e, R_g, t_g) -> dict[str, np.ndarray]:
     sym_R, sym_t = symmetries(obj_id)
@@ -300,3 +303,25 @@ def test_shape_errors_name_the_argument():
         be.mspd_errors(R, t, R, t, np.eye(4), points(BOX), *symmetries(BOX))
     with pytest.raises(ValueError, match="sym_t"):
         ref.mssd(R[0], t[0], R[0], t[0], points(BOX), np.eye(3)[None], np.zeros((2, 3)))
+
+
+def test_render_window_holds_the_whole_silhouette(renderer):
+    rng = np.random.default_rng(5)
+    for obj_id in renderer.object_ids:
+        radius = renderer.bounding_radius(obj_id)
+        for _ in range(20):
+            R = Rotation.random(random_state=rng).as_matrix()
+            # centres around and beyond the image border: truncated, outside, near
+            t = np.array([rng.uniform(-250, 250), rng.uniform(-200, 200), rng.uniform(radius + 20, 900)])
+            full = renderer.render_depth(obj_id, R, t, K, WIDTH, HEIGHT) > 0
+            r0, r1, c0, c1 = be.render_window(t, radius, K, WIDTH, HEIGHT)
+            inside = np.zeros_like(full)
+            inside[r0:r1, c0:c1] = True
+            assert not np.any(full & ~inside)
+            K_window = K.copy()
+            K_window[0, 2] -= c0
+            K_window[1, 2] -= r0
+            window = renderer.render_depth(obj_id, R, t, K_window, c1 - c0, r1 - r0) > 0
+            assert np.array_equal(window, full[r0:r1, c0:c1])
+    assert be.render_window(np.array([0.0, 0.0, 5.0]), 50.0, K, WIDTH, HEIGHT) == (0, HEIGHT, 0, WIDTH)
+

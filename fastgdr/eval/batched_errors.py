@@ -44,6 +44,9 @@ class DepthRenderer(Protocol):
     ) -> np.ndarray:
         """(H, W) float32 z-depth in mm of the object alone in pose (R, t); 0 = nothing."""
 
+    def bounding_radius(self, obj_id: int) -> float:
+        """Largest distance (mm) of a model vertex from the model origin."""
+
 
 def _device_of(value: ArrayLike) -> torch.device:
     return value.device if isinstance(value, Tensor) else torch.device("cpu")
@@ -319,24 +322,58 @@ def spheres_overlap(t_e: ArrayLike, t_g: ArrayLike, K: ArrayLike, radius: float 
 
 
 class _Render:
-    """One rendered pose: depth [H, W] float32 (mm, 0 = nothing) and its silhouette's
-    box (row0, row1, col0, col1), end-exclusive, or None when nothing is seen."""
+    """One rendered pose: a depth window [h, w] float32 (mm, 0 = nothing) whose top-left
+    pixel is image pixel ``origin`` (row, col), and the silhouette's box in image
+    coordinates (row0, row1, col0, col1), end-exclusive, or None when nothing is seen."""
 
-    def __init__(self, depth: np.ndarray, device: torch.device) -> None:
+    def __init__(self, depth: np.ndarray, origin: tuple[int, int], device: torch.device) -> None:
         mask = depth > 0
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        self.box = None if rows.size == 0 else (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+        r, c = origin
+        self.box = None if rows.size == 0 else (r + int(rows[0]), r + int(rows[-1]) + 1, c + int(cols[0]), c + int(cols[-1]) + 1)
+        self.origin = origin
         self.depth = torch.from_numpy(np.ascontiguousarray(depth)).to(device)
+
+    def region(self, r0: int, r1: int, c0: int, c1: int) -> Tensor:
+        """Depth over image rows r0:r1, columns c0:c1 (0 outside the rendered window)."""
+        out = torch.zeros(r1 - r0, c1 - c0, dtype=self.depth.dtype, device=self.depth.device)
+        wr, wc = self.origin
+        h, w = self.depth.shape
+        a0, a1, b0, b1 = max(r0, wr), min(r1, wr + h), max(c0, wc), min(c1, wc + w)
+        if a0 < a1 and b0 < b1:
+            out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = self.depth[a0 - wr : a1 - wr, b0 - wc : b1 - wc]
+        return out
+
+
+def render_window(
+    t: np.ndarray, radius: float, K: np.ndarray, width: int, height: int, near: float = 10.0
+) -> tuple[int, int, int, int]:
+    """Image rows/columns (r0, r1, c0, c1), end-exclusive, that contain the projection of a
+    sphere of ``radius`` (mm) centred at ``t`` (camera frame, mm): the projections of the
+    corners of the sphere's box in (x, z) and (y, z), widened by one pixel; the whole image
+    when the sphere reaches closer than ``near`` mm. Pinhole K without skew."""
+    x, y, z = (float(v) for v in t)
+    if z - radius <= near:
+        return 0, height, 0, width
+    zs = (z - radius, z + radius)
+    us = [K[0, 0] * (x + s * radius) / d + K[0, 2] for s in (-1, 1) for d in zs]
+    vs = [K[1, 1] * (y + s * radius) / d + K[1, 2] for s in (-1, 1) for d in zs]
+    c0, c1 = max(0, int(np.floor(min(us))) - 1), min(width, int(np.ceil(max(us))) + 2)
+    r0, r1 = max(0, int(np.floor(min(vs))) - 1), min(height, int(np.ceil(max(vs))) + 2)
+    if r0 >= r1 or c0 >= c1:  # entirely outside the image: render one pixel, it stays empty
+        return 0, 1, 0, 1
+    return r0, r1, c0, c1
 
 
 class VSDEvaluator:
     """VSD (step cost, "bop19" visibility) for many pose pairs of one object in one image.
 
-    Computes exactly the values of :func:`fastgdr.eval.reference_errors.vsd` (same
-    renders, same float32/float64 steps). Within one :meth:`errors` call each distinct
-    pose is rendered once (one GT against several estimates costs one GT render), and
-    the pixel work runs in torch over the union of the two silhouettes' boxes only
-    (every mask involved lies inside it).
+    Computes the values of :func:`fastgdr.eval.reference_errors.vsd` (same float32/float64
+    steps). Each pose is rendered only in the window its bounding sphere can cover (same
+    pixels, a fraction of the raster work at full image size), and within one
+    :meth:`errors` call each distinct pose is rendered once (one GT against several
+    estimates costs one GT render); the pixel work runs in torch over the union of the
+    two silhouettes' boxes only (every mask involved lies inside it).
 
     Args:
         renderer: has ``render_depth(obj_id, R, t, K, width, height)`` (e.g.
@@ -404,11 +441,18 @@ class VSDEvaluator:
         ray_norm = self._ray_norm(K)
         renders: dict[bytes, _Render] = {}
 
+        radius = self.renderer.bounding_radius(obj_id)
+
         def render(R: np.ndarray, t: np.ndarray) -> _Render:
             key = np.concatenate([R.ravel(), t]).tobytes()
             if key not in renders:
-                depth = self.renderer.render_depth(obj_id, R, t, K, self.width, self.height)
-                renders[key] = _Render(np.asarray(depth), self.device)
+                # only the window the object can cover: far fewer pixels to rasterize and read
+                r0, r1, c0, c1 = render_window(t, radius, K, self.width, self.height)
+                K_window = K.copy()
+                K_window[0, 2] -= c0
+                K_window[1, 2] -= r0
+                depth = self.renderer.render_depth(obj_id, R, t, K_window, c1 - c0, r1 - r0)
+                renders[key] = _Render(np.asarray(depth), (r0, c0), self.device)
             return renders[key]
 
         out = torch.empty(len(R_e), len(self.taus), dtype=torch.float64, device=self.device)
@@ -439,7 +483,7 @@ class VSDEvaluator:
         test = depth_test[r0:r1, c0:c1]
         test_missing = test == 0
         dist_test = (test * ray).float()
-        depth_g, depth_e = gt.depth[r0:r1, c0:c1], est.depth[r0:r1, c0:c1]
+        depth_g, depth_e = gt.region(r0, r1, c0, c1), est.region(r0, r1, c0, c1)
         dist_g, dist_e = depth_g.double() * ray, depth_e.double() * ray
         on_g, on_e = depth_g > 0, depth_e > 0
         visib_g = on_g & ((dist_g.float() - dist_test <= self.delta) | test_missing)

@@ -167,6 +167,11 @@ class Renderer:
         """Ids of the meshes this renderer knows, sorted."""
         return sorted(self._meshes)
 
+    def bounding_radius(self, obj_id: int) -> float:
+        """Largest distance (mm) of a vertex of object ``obj_id`` from its model origin."""
+        mesh = self._meshes[self._check_id(obj_id)]
+        return float(np.linalg.norm(mesh.vertices.astype(np.float64), axis=1).max())
+
     def add_mesh(self, obj_id: int, mesh: Mesh) -> None:
         """Add (or replace) the mesh of object ``obj_id``; uploaded on the next render.
 
