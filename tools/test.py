@@ -4,12 +4,17 @@ Examples:
   python tools/test.py --ckpt runs/p/model_final.pth --data datasets/synth --split test \\
       --detections datasets/synth/detections/synth_default_detections_test.json --out runs/p/eval
   python tools/test.py --ckpt runs/p/model_final.pth --data datasets/synth --out runs/p/eval --pnp
+  python tools/test.py --ckpt runs/p/model_final.pth --data datasets/synth --out runs/p/eval_fast --refine fast
   python tools/test.py --ckpt ycbv_model_final_wo_optim.pth --config configs/bm.yaml \\
       model.num_classes=21 --data /data/bop/ycbv --detections dets.json --out runs/ycbv_bm
 
 Writes OUT/METHOD_DATASET-SPLIT.csv (R row-major, t in mm, one per-image time for all
-estimates of an image: network time + the detector's time), OUT/inference.json (timing)
-and, when the split has ground truth, OUT/scores_bop19.json and per-object tables.
+estimates of an image: network time + depth-refinement time + the detector's time),
+OUT/inference.json (timing; with --refine also the refinement ms per object and the
+number of objects left unrefined) and, when the split has ground truth,
+OUT/scores_bop19.json and per-object tables. --refine fast|icp refines the poses with
+the depth images (GDRNPP's translation-only "fast" update, or 6-DoF point-to-plane ICP)
+and renders the meshes of DATA/models/; images without usable depth keep their poses.
 Detections: the BOP list format (official default detections) or GDRNPP's dict format;
 the top-k per object of each image are kept (the dataset card's k, or --topk).
 """
@@ -31,6 +36,7 @@ from fastgdr.data.cards import DATASET_CARDS, detect_card
 from fastgdr.data.detections import load_detections
 from fastgdr.engine.inference import PosePredictor, infer_dataset, load_model
 from fastgdr.errors import FastGDRError
+from fastgdr.refine import REFINERS
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--topk", type=int, help="detections kept per object and image (default: the card's, else all)")
     parser.add_argument("--score-threshold", type=float, help="drop detections below this score (default: the card's, else 0)")
     parser.add_argument("--pnp", action="store_true", help="EPnP-RANSAC on predicted correspondences instead of direct regression")
+    parser.add_argument("--refine", default="none", choices=REFINERS.names(),
+                        help="depth refinement of the poses (default: none)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-eval", action="store_true", help="only write the results file")
     parser.add_argument("--config", type=Path, help="config for checkpoints without one (official GDRNPP)")
@@ -84,7 +92,16 @@ def main() -> int:
 
     labels = {obj_id: (dataset.label_of(obj_id) if cfg.model.class_aware else 0) for obj_id in dataset.obj_ids}
     extents = {obj_id: dataset.models_info[obj_id].extents for obj_id in dataset.obj_ids}
-    predictor = PosePredictor(model, labels, extents, cfg.model.input_res, cfg.model.input.channel_order, args.device, args.pnp)
+    renderer = None
+    if args.refine != "none":
+        from fastgdr.data.mesh import load_ply
+        from fastgdr.render import Renderer
+
+        renderer = Renderer({obj_id: load_ply(dataset.model_path(obj_id)) for obj_id in dataset.obj_ids})
+    predictor = PosePredictor(
+        model, labels, extents, cfg.model.input_res, cfg.model.input.channel_order, args.device, args.pnp,
+        refine=args.refine, renderer=renderer,
+    )
     estimates, stats = infer_dataset(
         predictor, dataset, args.split, detections, top_k, threshold,
         progress=lambda keys: tqdm(keys, desc="images", unit="img"),
@@ -103,10 +120,30 @@ def main() -> int:
         "estimates": stats.estimates, "pnp": args.pnp, "device": str(args.device),
         "mean_network_seconds_per_image": stats.mean_seconds,
         "median_network_seconds_per_image": float(np.median(stats.network_seconds)) if stats.network_seconds else 0.0,
+        "refine": args.refine,
     }
+    if stats.refine is not None:
+        refine = stats.refine
+        summary.update({
+            "refine_ms_per_object": refine.mean_ms_per_object,
+            "refine_skipped": refine.skipped,
+            "refine_counts": {
+                "refined": refine.refined, "skipped_invalid_depth": refine.skipped_invalid_depth,
+                "skipped_no_support": refine.skipped_no_support, "non_finite": refine.non_finite,
+            },
+            "refine_invalid_depth_reasons": refine.invalid_depth_reasons,
+            "mean_refine_seconds_per_image": float(np.mean(stats.refine_seconds)) if stats.refine_seconds else 0.0,
+        })
     (args.out / "inference.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {stats.estimates} estimates for {stats.images} images to {csv_path} "
           f"({summary['mean_network_seconds_per_image'] * 1000:.1f} ms network time per image)")
+    if stats.refine is not None:
+        refine = stats.refine
+        print(f"depth refinement '{args.refine}': {refine.refined} refined, {refine.mean_ms_per_object:.1f} ms per object; "
+              f"{refine.skipped} warnings (kept the network pose: {refine.skipped_invalid_depth} invalid depth, "
+              f"{refine.skipped_no_support} no support, {refine.non_finite} non-finite)")
+        for reason, images in refine.invalid_depth_reasons.items():
+            print(f"  depth unusable in {images} images: {reason}")
 
     if not args.no_eval and (dataset.split_dir(args.split) / f"{dataset.scene_ids(args.split)[0]:06d}" / "scene_gt.json").exists():
         from fastgdr.eval.bop19 import evaluate, write_scores

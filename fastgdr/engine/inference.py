@@ -3,15 +3,17 @@
 Every detection is cropped around its box centre with side 1.5 × the longer box side
 (clipped to the image size), all ROIs of an image go through the network in one batch,
 and the pose is decoded from the allocentric rot6d and the SITE translation (or, with
-``pnp=True``, solved by EPnP-RANSAC from the predicted 2D–3D correspondences).
+``pnp=True``, solved by EPnP-RANSAC from the predicted 2D–3D correspondences). With a
+depth refiner (``refine="fast"`` or ``"icp"``, see :mod:`fastgdr.refine`) the poses are
+then refined with the image's sensor depth.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -20,9 +22,13 @@ import torch
 from fastgdr.checkpoint import load_weights, read_checkpoint
 from fastgdr.config import Config, from_dict, load_config
 from fastgdr.data.detections import Detection
-from fastgdr.errors import CheckpointError
+from fastgdr.errors import CheckpointError, DatasetError
 from fastgdr.geometry import coord_2d_map, crop_resize, test_time_crop
 from fastgdr.models import GDRNPoseNet, PoseNetOutput, decode_pose
+from fastgdr.refine import REFINERS, RefineStats, RefineTarget, refine_poses
+
+if TYPE_CHECKING:
+    from fastgdr.render import Renderer
 
 PAD_SCALE = 1.5
 
@@ -85,6 +91,8 @@ class PosePredictor:
         channel_order: the model's input channel order (images are read BGR).
         device: where the network runs.
         pnp: solve the pose by EPnP-RANSAC on the predicted correspondences.
+        refine: depth refiner applied by :meth:`refine` ("none", "fast", "icp").
+        renderer: renderer with the object meshes (mm); required unless refine is "none".
     """
 
     def __init__(
@@ -96,7 +104,12 @@ class PosePredictor:
         channel_order: str = "BGR",
         device: torch.device | str = "cpu",
         pnp: bool = False,
+        refine: str = "none",
+        renderer: Renderer | None = None,
     ) -> None:
+        REFINERS.get(refine)  # an unknown name raises, listing the valid ones
+        if refine != "none" and renderer is None:
+            raise ValueError(f"depth refinement {refine!r} needs a renderer with the object meshes")
         self.model = model.to(device).eval()
         self.labels = dict(labels)
         self.extents_m = {k: np.asarray(v, dtype=np.float64) / 1000.0 for k, v in extents_mm.items()}
@@ -105,6 +118,8 @@ class PosePredictor:
         self.channel_order = channel_order
         self.device = torch.device(device)
         self.pnp = pnp
+        self.refine_method = refine
+        self.renderer = renderer
         self._coord_maps: dict[tuple[int, int], np.ndarray] = {}
 
     def _coord_map(self, width: int, height: int) -> np.ndarray:
@@ -155,6 +170,46 @@ class PosePredictor:
                     R_np[i], t_np[i] = solved
         return [PosePrediction(d, R_np[i], t_np[i]) for i, d in enumerate(detections)], out, batch
 
+    @torch.inference_mode()
+    def refine(
+        self,
+        poses: Sequence[PosePrediction],
+        out: PoseNetOutput | None,
+        batch: RoiBatch | None,
+        K: np.ndarray,
+        image_hw: tuple[int, int],
+        depth_mm: np.ndarray | None,
+        depth_scale: float | None,
+        stats: RefineStats,
+    ) -> list[PosePrediction]:
+        """``poses`` (from :meth:`predict`) refined with the depth image by ``self.refine_method``.
+
+        Unusable depth, missing support or a non-finite result keep the network pose and
+        are counted in ``stats`` (see :func:`fastgdr.refine.refine_poses`).
+
+        Args:
+            poses, out, batch: what :meth:`predict` returned for the image.
+            K: (3, 3) intrinsics in px.
+            image_hw: (H, W) of the colour image.
+            depth_mm: (H, W) sensor depth in mm (0 = missing), or None when there is none.
+            depth_scale: the image's depth scale (mm per stored unit), checked only.
+            stats: refinement counters and per-object times to update.
+        """
+        if self.refine_method == "none" or not poses:
+            return list(poses)
+        probabilities = mask_probability(out.visible_mask)[:, 0].float().cpu().numpy()
+        xyz = out.xyz.float().cpu().numpy()
+        centers = batch.centers.double().cpu().numpy()
+        crop_sizes = (self.output_res / batch.resize_ratios.double()).cpu().numpy()
+        targets = [
+            RefineTarget(p.detection.obj_id, p.R, p.t, centers[i], float(crop_sizes[i]), xyz[i], probabilities[i])
+            for i, p in enumerate(poses)
+        ]
+        refined = refine_poses(
+            self.refine_method, targets, depth_mm, depth_scale, K, image_hw, self.renderer, stats, self.device
+        )
+        return [PosePrediction(p.detection, R, t) for p, (R, t) in zip(poses, refined)]
+
 
 def mask_probability(mask: torch.Tensor) -> torch.Tensor:
     """GDRNPP's mask probability for L1-regressed masks: per-ROI min-max normalization."""
@@ -201,11 +256,18 @@ def timed(fn, *args):
 
 @dataclass
 class InferenceStats:
-    """Timing of an inference run (seconds, per image, detector time excluded)."""
+    """Timing of an inference run (seconds, per image, detector time excluded).
+
+    ``network_seconds`` covers crops, forward and decoding; ``refine_seconds`` the depth
+    refinement of each image (empty when not refining); ``refine`` holds the refinement counters and
+    per-object times (None when not refining).
+    """
 
     images: int
     estimates: int
     network_seconds: list[float]
+    refine_seconds: list[float] = field(default_factory=list)
+    refine: RefineStats | None = None
 
     @property
     def mean_seconds(self) -> float:
@@ -235,8 +297,11 @@ def infer_dataset(
     """Poses for every detection of every image to process, as BOP results.
 
     The per-image time written with each estimate is the network time of that image
-    (crops, forward, decoding) plus the detector's time from the detections file, the
-    same value for all estimates of the image.
+    (crops, forward, decoding), plus the depth-refinement time of the image when the
+    predictor refines, plus the detector's time from the detections file: the same value
+    for all estimates of the image. When refining, each image's depth is read (reading
+    is not timed, like the colour image); a missing or unreadable depth file leaves the
+    image's poses unrefined and is counted in ``stats.refine``.
 
     Args:
         progress: optional callable wrapping an iterable (e.g. tqdm).
@@ -246,7 +311,9 @@ def infer_dataset(
 
     keys = images_to_process(dataset, split)
     scenes: dict[int, object] = {}
-    estimates, seconds = [], []
+    estimates, seconds, refine_seconds = [], [], []
+    refining = predictor.refine_method != "none"
+    refine_stats = RefineStats() if refining else None
     warmed_up = False
     for scene_id, im_id in progress(keys) if progress else keys:
         if scene_id not in scenes:
@@ -257,14 +324,29 @@ def infer_dataset(
             top_k_per_object, score_threshold,
         )
         image = dataset.read_image(split, scene_id, im_id)
+        depth = _read_depth_or_none(dataset, split, scene_id, im_id, camera.depth_scale) if refining and dets else None
+        refine_args = (camera.K, image.shape[:2], depth, camera.depth_scale)
         if dets and not warmed_up:  # first call pays one-off allocations; keep it out of the timings
-            predictor.predict(image, camera.K, dets)
+            warm_up = predictor.predict(image, camera.K, dets)
+            predictor.refine(*warm_up, *refine_args, RefineStats())  # GL context, framebuffers
             warmed_up = True
-        (poses, _, _), elapsed = timed(predictor.predict, image, camera.K, dets)
+        (poses, out, batch), elapsed = timed(predictor.predict, image, camera.K, dets)
         seconds.append(elapsed)
+        if refining:
+            poses, refine_elapsed = timed(predictor.refine, poses, out, batch, *refine_args, refine_stats)
+            refine_seconds.append(refine_elapsed)
+            elapsed += refine_elapsed
         image_time = elapsed + max((d.time for d in dets), default=0.0)
         estimates += [
             PoseEstimate(scene_id, im_id, p.detection.obj_id, p.detection.score, p.R, p.t, image_time)
             for p in poses
         ]
-    return estimates, InferenceStats(len(keys), len(estimates), seconds)
+    return estimates, InferenceStats(len(keys), len(estimates), seconds, refine_seconds, refine_stats)
+
+
+def _read_depth_or_none(dataset, split: str, scene_id: int, im_id: int, depth_scale: float) -> np.ndarray | None:
+    """The depth image in mm, or None when its file is missing or unreadable."""
+    try:
+        return dataset.read_depth(split, scene_id, im_id, depth_scale)
+    except DatasetError:
+        return None

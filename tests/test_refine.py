@@ -1,0 +1,257 @@
+"""Depth refinement: GDRNPP's "fast" translation update, point-to-plane ICP, bad depth, inference."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastgdr.checkpoint import save_checkpoint
+from fastgdr.config import load_config, to_dict
+from fastgdr.data.bop import BopDataset
+from fastgdr.data.detections import load_detections
+from fastgdr.data.mesh import load_ply
+from fastgdr.data.shapes import make_objects
+from fastgdr.engine.inference import PosePredictor, infer_dataset, load_model
+from fastgdr.errors import UnknownNameError
+from fastgdr.eval.results import load_results
+from fastgdr.geometry import axis_angle_to_matrix, test_time_crop, zoom_camera_matrix
+from fastgdr.models import GDRNPoseNet
+from fastgdr.refine import (
+    REFINERS,
+    RefineOutcome,
+    RefineStats,
+    RefineTarget,
+    check_depth,
+    fast_refine,
+    icp_refine,
+    icp_refine_many,
+    paste_mask,
+    refine_poses,
+)
+from fastgdr.render import Renderer
+
+from conftest import REPO, TINY_TRAIN_OVERRIDES
+
+DUCK, BRACKET = 4, 5
+W, H = 320, 240
+K = np.array([[288.0, 0.0, 159.5], [0.0, 288.0, 119.5], [0.0, 0.0, 1.0]])
+
+
+def rotation(axis_angle) -> np.ndarray:
+    return axis_angle_to_matrix(torch.tensor(axis_angle, dtype=torch.float64)).numpy()
+
+
+def angle_deg(R1: np.ndarray, R2: np.ndarray) -> float:
+    return float(np.degrees(np.arccos(np.clip((np.trace(R1 @ R2.T) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """Duck and bracket (no symmetry) at known poses; the rendered depth is the "sensor" depth."""
+    objects = make_objects(5, 0)
+    renderer = Renderer({i + 1: obj.mesh for i, obj in enumerate(objects)})
+    poses = {
+        DUCK: (rotation([0.4, -0.7, 0.3]), np.array([-45.0, -10.0, 400.0])),
+        BRACKET: (rotation([-0.5, 0.2, 0.9]), np.array([60.0, 15.0, 430.0])),
+    }
+    rendered = renderer.render([(k, R, t) for k, (R, t) in poses.items()], K, W, H, with_xyz=False)
+    masks = {k: rendered.instance == i for i, k in enumerate(poses)}
+    extents = {k: objects[k - 1].mesh.extents for k in poses}
+    return renderer, poses, rendered.depth, masks, extents
+
+
+def perfect_roi(renderer, obj_id, R, t, mask, extent, size=64):
+    """Crop of a detection at its visible box, and ideal network outputs there (true pose)."""
+    ys, xs = np.nonzero(mask)
+    bbox = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    center, crop_size = test_time_crop(bbox, (W, H))
+    crop = renderer.render([(obj_id, R, t)], zoom_camera_matrix(K, center, crop_size, size), size, size)
+    inside = crop.depth > 0
+    xyz_norm = np.where(inside[None], crop.xyz.transpose(2, 0, 1) / extent[:, None, None] + 0.5, 0.0)
+    return center, crop_size, xyz_norm, inside.astype(np.float64)
+
+
+@pytest.mark.parametrize("obj_id", [DUCK, BRACKET])
+def test_fast_refine_removes_a_depth_offset_along_the_ray(scene, obj_id):
+    renderer, poses, depth, masks, extents = scene
+    R, t = poses[obj_id]
+    center, crop_size, xyz_norm, prob = perfect_roi(renderer, obj_id, R, t, masks[obj_id], extents[obj_id])
+    t_off = t * (1.0 + 30.0 / np.linalg.norm(t))  # 30 mm farther along the viewing ray
+    t_ref, info = fast_refine(R, t_off, depth, K, center, crop_size, xyz_norm, prob, renderer, obj_id)
+    assert info["supported"] and len(info["deltas_mm"]) == 2 and info["deltas_mm"][0] < -20.0
+    assert np.linalg.norm(t_ref - t) < 1.0  # measured: 0.62 mm (duck), 0.17 mm (bracket)
+    # the translation changes along the ray only when the weighted centroid sits on it
+    t_none, info = fast_refine(R, t_off, depth, K, center, crop_size, xyz_norm, np.zeros_like(prob), renderer, obj_id)
+    assert not info["supported"] and np.array_equal(t_none, t_off)
+
+
+def perturb(R, t):
+    axis = np.array([1.0, 2.0, -1.0]) / np.sqrt(6.0)
+    return rotation(axis * np.radians(3.0)) @ R, t + np.array([3.0, -2.0, 3.5])  # 3°, 5.0 mm
+
+
+@pytest.mark.parametrize("obj_id", [DUCK, BRACKET])
+def test_icp_recovers_a_small_rotation_and_translation(scene, obj_id):
+    renderer, poses, depth, masks, _ = scene
+    R, t = poses[obj_id]
+    R0, t0 = perturb(R, t)
+    assert angle_deg(R0, R) == pytest.approx(3.0) and np.linalg.norm(t0 - t) == pytest.approx(5.025, abs=1e-3)
+    R_ref, t_ref, info = icp_refine(R0, t0, depth, K, masks[obj_id], renderer, obj_id)
+    assert info["supported"] and info["converged"] and info["iterations"] <= 10
+    assert angle_deg(R_ref, R) < 0.5 and np.linalg.norm(t_ref - t) < 1.0  # measured: < 0.15°, < 0.05 mm
+    assert np.allclose(R_ref @ R_ref.T, np.eye(3), atol=1e-9)
+
+
+def test_icp_batch_matches_one_object_at_a_time(scene):
+    renderer, poses, depth, masks, _ = scene
+    inputs = [(k, *perturb(*poses[k])) for k in (DUCK, BRACKET)]
+    batched = icp_refine_many(inputs, depth, K, [masks[k] for k in (DUCK, BRACKET)], renderer)
+    for (obj_id, R0, t0), (R_b, t_b, info_b) in zip(inputs, batched):
+        R_1, t_1, info_1 = icp_refine(R0, t0, depth, K, masks[obj_id], renderer, obj_id)
+        assert np.allclose(R_b, R_1, atol=1e-6) and np.allclose(t_b, t_1, atol=1e-3)
+        assert info_b["iterations"] == info_1["iterations"]
+
+
+def test_icp_without_support_keeps_the_pose(scene):
+    renderer, poses, depth, masks, _ = scene
+    R, t = poses[DUCK]
+    R_ref, t_ref, info = icp_refine(R, t, depth, K, np.zeros_like(masks[DUCK]), renderer, DUCK)
+    assert not info["supported"] and np.array_equal(R_ref, R) and np.array_equal(t_ref, t)
+
+
+def test_paste_mask_inverts_the_crop(scene):
+    renderer, poses, _, masks, extents = scene
+    center, crop_size, _, prob = perfect_roi(renderer, DUCK, *poses[DUCK], masks[DUCK], extents[DUCK])
+    pasted = paste_mask(prob, center, crop_size, (H, W))
+    overlap = (pasted & masks[DUCK]).sum() / (pasted | masks[DUCK]).sum()
+    assert overlap > 0.85
+
+
+def test_check_depth_reasons():
+    ok = np.full((H, W), 500.0, np.float32)
+    assert check_depth(ok, (H, W), 0.1) is None
+    assert check_depth(None, (H, W), 0.1) == "missing"
+    assert "wrong size" in check_depth(ok[:10], (H, W), 0.1)
+    assert "depth_scale" in check_depth(ok, (H, W), 0.0)
+    assert "depth_scale" in check_depth(ok, (H, W), float("nan"))
+    assert "no valid pixel" in check_depth(np.zeros_like(ok), (H, W), 0.1)
+    assert "no valid pixel" in check_depth(np.full_like(ok, np.inf), (H, W), 0.1)
+
+
+BAD_DEPTHS = {
+    "none": (None, 0.1),
+    "zeros": (np.zeros((H, W), np.float32), 0.1),
+    "nan": (np.full((H, W), np.nan, np.float32), 0.1),
+    "wrong size": (np.full((H // 2, W), 400.0, np.float32), 0.1),
+    "zero depth_scale": (np.full((H, W), 400.0, np.float32), 0.0),
+}
+
+
+@pytest.mark.parametrize("method", ["fast", "icp"])
+def test_bad_depth_keeps_the_poses_and_counts(scene, method):
+    renderer, poses, depth, masks, extents = scene
+    targets = [
+        RefineTarget(k, *perturb(*poses[k]), *perfect_roi(renderer, k, *poses[k], masks[k], extents[k]))
+        for k in (DUCK, BRACKET)
+    ]
+    stats = RefineStats()
+    for bad, depth_scale in BAD_DEPTHS.values():
+        out = refine_poses(method, targets, bad, depth_scale, K, (H, W), renderer, stats)
+        for (R, t), tg in zip(out, targets):
+            assert R is tg.R and t is tg.t and np.all(np.isfinite(t))
+    assert stats.skipped_invalid_depth == 2 * len(BAD_DEPTHS) == stats.skipped and stats.refined == 0
+    assert sum(stats.invalid_depth_reasons.values()) == len(BAD_DEPTHS) and not stats.seconds
+    # partly invalid depth (NaN holes) is usable: NaN counts as missing
+    holes = depth.copy()
+    holes[::7] = np.nan
+    out = refine_poses(method, targets, holes, 0.1, K, (H, W), renderer, stats)
+    assert stats.refined == 2 and len(stats.seconds) == 2 and stats.mean_ms_per_object > 0
+    assert all(np.all(np.isfinite(t)) for _, t in out)
+
+
+def test_no_support_and_non_finite_results_keep_the_pose(scene, monkeypatch):
+    renderer, poses, depth, masks, extents = scene
+    R, t = poses[DUCK]
+    center, crop_size, xyz_norm, prob = perfect_roi(renderer, DUCK, R, t, masks[DUCK], extents[DUCK])
+    target = RefineTarget(DUCK, R, t, center, crop_size, xyz_norm, np.zeros_like(prob))
+    stats = RefineStats()
+    assert refine_poses("fast", [target], depth, 0.1, K, (H, W), renderer, stats) == [(R, t)]
+    assert stats.skipped_no_support == 1 and stats.refined == 0
+    nan_refiner = lambda targets, *_: [RefineOutcome(tg.R, tg.t * np.nan, True) for tg in targets]
+    monkeypatch.setitem(REFINERS._entries, "fast", nan_refiner)
+    out = refine_poses("fast", [target], depth, 0.1, K, (H, W), renderer, stats)
+    assert out == [(R, t)] and stats.non_finite == 1 and stats.skipped == 2
+    assert refine_poses("none", [target], None, None, K, (H, W), None, stats) == [(R, t)]
+    with pytest.raises(UnknownNameError, match="Valid: none, fast, icp"):
+        refine_poses("icpp", [target], depth, 0.1, K, (H, W), renderer, stats)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    cfg = load_config(REPO / "configs/p.yaml", [*TINY_TRAIN_OVERRIDES, "model.num_classes=3"])
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model_final.pth"
+    save_checkpoint(path, GDRNPoseNet.from_config(cfg.model), config=to_dict(cfg))
+    return path
+
+
+def tiny_predictor(checkpoint, dataset, refine):
+    model, cfg = load_model(checkpoint)
+    renderer = Renderer({k: load_ply(dataset.model_path(k)) for k in dataset.obj_ids})
+    labels = {k: dataset.label_of(k) for k in dataset.obj_ids}
+    extents = {k: dataset.models_info[k].extents for k in dataset.obj_ids}
+    return PosePredictor(model, labels, extents, cfg.model.input_res, refine=refine, renderer=renderer)
+
+
+def test_inference_times_include_refinement_and_missing_depth_is_counted(tiny_dataset, tiny_checkpoint, tmp_path):
+    dataset = BopDataset(tiny_dataset)
+    all_detections = load_detections(tiny_dataset / "detections/synth_default_detections_test.json")
+    first = min(all_detections)
+    detections = {first: all_detections[first]}  # one image with detections keeps the test fast
+    predictor = tiny_predictor(tiny_checkpoint, dataset, "fast")
+    estimates, stats = infer_dataset(predictor, dataset, "test", detections, None)
+    refine = stats.refine
+    assert refine.refined + refine.skipped == len(estimates) > 0 and refine.skipped_invalid_depth == 0
+    assert len(stats.refine_seconds) == len(stats.network_seconds) == stats.images
+    index = sorted({(t.scene_id, t.im_id) for t in dataset.load_test_targets()}).index(first)
+    times = {e.time for e in estimates}
+    expected = stats.network_seconds[index] + stats.refine_seconds[index] + 0.012
+    assert len(times) == 1 and times.pop() == pytest.approx(expected) and stats.refine_seconds[index] > 0
+    with pytest.raises(ValueError, match="needs a renderer"):
+        PosePredictor(predictor.model, predictor.labels, {}, 128, refine="icp")
+
+    no_depth = tmp_path / "synth"
+    shutil.copytree(tiny_dataset, no_depth, ignore=shutil.ignore_patterns("train_pbr"))
+    for folder in (no_depth / "test").glob("*/depth"):
+        shutil.rmtree(folder)
+    estimates, stats = infer_dataset(predictor, BopDataset(no_depth), "test", detections, None)
+    assert stats.refine.skipped_invalid_depth == len(estimates) and stats.refine.refined == 0
+    assert all(np.all(np.isfinite(e.t)) for e in estimates)
+
+
+def test_tool_refine_fast_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    dets = json.loads((tiny_dataset / "detections/synth_default_detections_test.json").read_text())
+    first = min((d["scene_id"], d["image_id"]) for d in dets)
+    one_image = tmp_path / "dets.json"  # detections of one image: less network time
+    one_image.write_text(json.dumps([d for d in dets if (d["scene_id"], d["image_id"]) == first]))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools/test.py"), "--ckpt", str(tiny_checkpoint), "--data", str(tiny_dataset),
+         "--out", str(out), "--refine", "fast", "--no-eval", "--detections", str(one_image)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "depth refinement 'fast'" in result.stdout and "ms per object" in result.stdout
+    summary = json.loads((out / "inference.json").read_text())
+    assert summary["refine"] == "fast" and summary["refine_ms_per_object"] > 0
+    assert summary["refine_skipped"] == summary["estimates"] - summary["refine_counts"]["refined"]
+    estimates = load_results(out / "fastgdr_synth-test.csv")
+    assert len(estimates) == summary["estimates"] > 0 and len({e.time for e in estimates}) == 1
+    # the other images have no detections: their network and refinement times are ~0
+    images = summary["images"]
+    network_and_refine = images * (summary["mean_network_seconds_per_image"] + summary["mean_refine_seconds_per_image"])
+    assert estimates[0].time == pytest.approx(network_and_refine + 0.012, rel=1e-2, abs=1e-3)
