@@ -78,7 +78,8 @@ class PipelineResult:
 
 def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
     """Synthetic data → P trained for the CPU budget and an untrained P → inference from the
-    detections and BOP evaluation of both → model report of every preset → summary table."""
+    detections and BOP evaluation of both, and of P with GDRNPP's fast depth refinement (P-R)
+    → model report of every preset → summary table."""
     data = out / "data" / "synth"
     detections = data / "detections" / "synth_default_detections_test.json"
     train_common = (
@@ -114,13 +115,20 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
              "--out", str(run / "eval"), "--method", name.replace("_", "-")),
             (run / "eval" / "scores_bop19.json",),
         ))
+    refined = out / "p_R"  # FAST GDRNPP's "-R": the same P model with depth refinement
+    stages.append(Stage(
+        "test p with depth refinement", "test.py",
+        ("--ckpt", str(out / "p" / "model_final.pth"), "--data", str(data), "--detections", str(detections),
+         "--out", str(refined / "eval"), "--method", "p-R", "--refine", "fast"),
+        (refined / "eval" / "scores_bop19.json",),
+    ))
     stages.append(Stage(
         "model report", "model_info.py", ("--presets", budget.presets, "--out", str(out / "model_info")),
         (out / "model_info" / "model_info.json",),
     ))
     stages.append(Stage(
         "summary", "report.py",
-        (*[str(out / name / "eval") for name in models], "--out", str(out / "report")),
+        (*[str(out / name / "eval") for name in (*models, "p_R")], "--out", str(out / "report")),
         (out / "report" / "README.md",),
     ))
     return stages
