@@ -15,6 +15,7 @@ for line in Path("fastgdr/__init__.py").read_text().splitlines():
 EXTRAS = {
     "fastervit": ["fastervit>=1.0"],
     "onnx": ["onnx", "onnxruntime"],
+    "plot": ["matplotlib"],
     "tensorboard": ["tensorboard"],
     "test": ["pytest>=7"],
 }

@@ -32,8 +32,6 @@ al. 2017). A pruned network is rebuilt from its pruned config and a sliced
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -41,6 +39,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
+from fastgdr.benchmark import LatencyStats, measure_latency
 from fastgdr.checkpoint import read_checkpoint, save_checkpoint
 from fastgdr.config import Config, GeoHeadConfig, ModelConfig, PatchPnPConfig, from_dict, to_dict
 from fastgdr.errors import ConfigError, FastGDRError
@@ -463,38 +462,6 @@ def _describe(part: GeoHeadConfig | PatchPnPConfig) -> str:
 
 
 @dataclass(frozen=True)
-class LatencyStats:
-    """Wall-clock time of one call in ms: median and spread over the timed repeats."""
-
-    median_ms: float
-    min_ms: float
-    max_ms: float
-
-
-def measure_latency(
-    calls: Sequence[Callable[[], Any]], device: torch.device, warmup: int = 3, repeats: int = 10
-) -> list[LatencyStats]:
-    """Time each call ``repeats`` times, round-robin, after ``warmup`` untimed rounds.
-
-    Interleaving the calls exposes all of them to the same machine load, so their
-    ratio stays meaningful on a busy CPU. CUDA is synchronized before each time stamp.
-    """
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        for call in calls:
-            call()
-    times: list[list[float]] = [[] for _ in calls]
-    for _ in range(repeats):
-        for call, spent in zip(calls, times):
-            sync()
-            start = time.perf_counter()
-            call()
-            sync()
-            spent.append((time.perf_counter() - start) * 1e3)
-    return [LatencyStats(statistics.median(t), min(t), max(t)) for t in times]
-
-
-@dataclass(frozen=True)
 class ModuleSummary:
     """Parameters, GFLOPs and latency of one module (batch 1 unless stated)."""
 
@@ -525,7 +492,7 @@ def summarize(
     """Costs and latency of the geometric head, Patch-PnP and the whole network of each model.
 
     Batch 1, eval and inference mode, on each model's device; the models are timed
-    interleaved (:func:`measure_latency`). The head runs on the backbone features of a
+    interleaved (:func:`fastgdr.benchmark.measure_latency`). The head runs on the backbone features of a
     random crop, Patch-PnP on random inputs of its shapes.
     """
     modes = [m.training for m in models]

@@ -1,11 +1,22 @@
-"""Join evaluated runs into one accuracy/speed table (markdown).
+"""Join evaluated runs and latency benchmarks into one accuracy/speed report (markdown + plot).
 
 Examples:
-  python tools/report.py runs/p/eval runs/n/eval --out report/
+  python tools/report.py runs/*/eval bench/ --out report/
+  python tools/report.py runs/p/eval runs/p28/eval bench/cpu bench/cuda --rois 8 --out report/
   python tools/report.py runs/*/eval --out runs/demo/report
 
 Each argument is an output folder of tools/test.py (scores_bop19.json, inference.json,
-config.yaml). Writes OUT/README.md with the table and prints it.
+config.yaml) or of tools/bench_latency.py (a folder with latency.json, that file, or
+latency.csv: rows only, so runs are joined by name).
+Writes OUT/README.md (the table, the plot, the benchmark's speed targets) and
+OUT/speed_accuracy.png: AR over latency, one labelled point per run, the Pareto front drawn.
+
+A run is joined to the benchmark's whole-network row (at --rois ROIs, --runtime) of the
+config with the same architecture as its config.yaml (backbone, crop size, head and
+Patch-PnP widths, regions), else of the config named like the run (runs/p28/eval -> p28);
+runs without a row keep "-" for latency and are not plotted. --latency eval plots each
+run's own network time per image (tools/test.py) instead; auto (default) uses the
+benchmark when one is given.
 """
 
 from __future__ import annotations
@@ -13,26 +24,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fastgdr.benchmark import RESULTS_JSON, read_results
 from fastgdr.cli import run_tool
-from fastgdr.report import markdown_table, read_eval_dir
+from fastgdr.report import build_report, read_eval_dir
+
+
+def is_benchmark(path: Path) -> bool:
+    """A folder holding latency.json, or a .json or .csv file: output of tools/bench_latency.py."""
+    return (path / RESULTS_JSON).is_file() if path.is_dir() else path.suffix in (".json", ".csv")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("evals", nargs="+", type=Path, help="output folders of tools/test.py")
+    parser.add_argument("inputs", nargs="+", type=Path, help="eval folders of tools/test.py and benchmark folders")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
+    parser.add_argument("--rois", type=int, default=1, help="ROI count of the joined latency rows (default 1)")
+    parser.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch", help="latency rows to join")
+    parser.add_argument("--latency", choices=["auto", "bench", "eval"], default="auto", help="x axis of the plot")
     args = parser.parse_args()
-    runs = [read_eval_dir(path) for path in args.evals]
-    table = markdown_table(runs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = (
-        "# fastgdr report\n\nBOP 2019 average recalls (VSD, MSSD, MSPD) and ADD(-S) on the evaluated split; "
-        "rotation/translation errors are means over the estimates matched at 0.1·d; network time per image "
-        "is measured by tools/test.py on the machine that ran it (crops, forward, decoding).\n\n" + table + "\n"
-    )
-    (args.out / "README.md").write_text(text)
-    print(table)
+    benches = [(str(path), read_results(path)) for path in args.inputs if is_benchmark(path)]
+    runs = [read_eval_dir(path) for path in args.inputs if not is_benchmark(path)]
+    report = build_report(runs, benches, args.out, args.rois, args.runtime, args.latency)
+    print(report.table)
+    print(f"wrote {report.readme}" + (f" and {report.plot}" if report.plot else ""))
     return 0
 
 

@@ -1,0 +1,268 @@
+"""The latency protocol, the benchmark rows and files, the targets, and tools/bench_latency.py."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fastgdr.benchmark import (
+    CSV_FIELDS,
+    DEFAULT_MODULES,
+    MALLOC_ENV,
+    BenchmarkError,
+    BenchResult,
+    BenchRow,
+    BenchSettings,
+    LatencyStats,
+    evaluate_targets,
+    format_targets,
+    load_bench_configs,
+    measure_latency,
+    read_results,
+    resolve_config,
+    run_benchmark,
+    write_results,
+)
+
+from conftest import REPO
+
+CONFIGS = REPO / "configs"
+# Tiny networks: timm's test ConvNeXt on 64 px crops, narrow head and Patch-PnP.
+TINY = [
+    "model.backbone.name=test_convnext",
+    "model.input_res=64",
+    "model.num_regions=8",
+    "model.geo_head.widths=[16,16,16,16,16,16,16]",
+    "model.geo_head.gn_groups=[4,4,4,4,4,4,4]",
+    "model.pnp.widths=[8,8,8]",
+    "model.pnp.gn_groups=[2,2,2]",
+    "model.pnp.fc_widths=[32,16]",
+]
+SCHEMA = (
+    "config", "module", "device", "dtype", "channels_last", "compile", "rois", "input_res", "threads",
+    "torch_version", "median_ms", "p90_ms", "iqr_ms", "std_ms", "repeats", "params", "gflops",
+)
+
+
+def fake_clock(durations_ms):
+    """A clock whose consecutive (start, end) readings are ``durations_ms`` apart."""
+    readings, now = [], 0.0
+    for d in durations_ms:
+        readings += [now, now + d / 1e3]
+        now += d / 1e3 + 1.0
+    return iter(readings).__next__
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def test_stats_from_a_fake_clock():
+    calls = []
+    (stats,) = measure_latency([lambda: calls.append(1)], "cpu", warmup=2, repeats=10,
+                               clock=fake_clock([7, 1, 10, 3, 5, 2, 9, 4, 8, 6]))
+    assert len(calls) == 12  # warm-up rounds run but are not timed
+    assert stats.repeats == 10
+    assert stats.median_ms == pytest.approx(5.5)
+    assert stats.p90_ms == pytest.approx(9.1)  # linear interpolation between 9 and 10
+    assert stats.iqr_ms == pytest.approx(7.75 - 3.25)
+    assert stats.std_ms == pytest.approx(np.std(np.arange(1, 11)))
+    assert (stats.min_ms, stats.max_ms) == pytest.approx((1.0, 10.0))
+
+
+def test_calls_are_timed_round_robin():
+    # readings alternate between the two calls: a, b, a, b, ...
+    a, b = measure_latency([lambda: None, lambda: None], "cpu", warmup=0, repeats=3,
+                           clock=fake_clock([1, 10, 2, 20, 3, 30]))
+    assert (a.median_ms, b.median_ms) == pytest.approx((2.0, 20.0))
+
+
+def test_sleeping_calls_are_measured_in_ms():
+    slow, fast = measure_latency([lambda: time.sleep(0.004), lambda: None], torch.device("cpu"), 1, 3)
+    assert slow.median_ms >= 4.0 > fast.median_ms
+    assert slow.min_ms <= slow.median_ms <= slow.p90_ms <= slow.max_ms
+
+
+def test_stats_need_samples_and_sane_settings():
+    assert LatencyStats.from_samples([2.0]).p90_ms == 2.0
+    with pytest.raises(ValueError):
+        LatencyStats.from_samples([])
+    with pytest.raises(BenchmarkError, match="repeats must be >= 1"):
+        measure_latency([lambda: None], "cpu", repeats=0)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def test_bad_names_give_clear_errors(tmp_path):
+    with pytest.raises(BenchmarkError, match=r"unknown config 'q28'.*Valid names: .*p28"):
+        resolve_config("q28", CONFIGS)
+    with pytest.raises(BenchmarkError, match="config file not found"):
+        resolve_config(str(tmp_path / "nope.yaml"), CONFIGS)
+    with pytest.raises(BenchmarkError, match="unknown dtype 'fp64'. Valid: fp32, fp16, bf16"):
+        BenchSettings(dtype="fp64")
+    with pytest.raises(BenchmarkError, match="unknown module"):
+        BenchSettings(modules=("network", "refine"))
+    with pytest.raises(BenchmarkError, match="must contain 'network'"):
+        BenchSettings(modules=("backbone",))
+    assert BenchSettings(modules=("network", "refine_icp", "refine_fast")).refine_methods == ("icp", "fast")
+    with pytest.raises(BenchmarkError, match="ROI counts"):
+        BenchSettings(rois=(0,))
+
+
+def test_configs_by_name_and_path_with_overrides(tmp_path):
+    own = tmp_path / "mine.yaml"
+    own.write_text("model:\n  backbone:\n    name: N\n")
+    configs = load_bench_configs(["p28", str(own)], CONFIGS, num_classes=4, overrides=["model.input_res=128"])
+    assert list(configs) == ["p28", "mine"]
+    path, cfg = configs["p28"]
+    assert path == CONFIGS / "p28.yaml" and cfg.num_classes == 4 and cfg.input_res == 128
+    assert cfg.geo_head.widths == (32,) * 7
+    with pytest.raises(BenchmarkError, match="listed twice"):
+        load_bench_configs(["p", "p"], CONFIGS)
+
+
+# --------------------------------------------------------------------------- benchmark run
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: two threads on a shared 2-core machine stall for up to a second."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_benchmark_writes_well_formed_csv_and_json(tmp_path, one_thread):
+    configs = load_bench_configs(["p", "p28"], CONFIGS, num_classes=3, overrides=TINY)
+    settings = BenchSettings(rois=(1, 2), warmup=0, repeats=2, onnx=True)
+    announced = []
+    result = run_benchmark(configs, settings, announce=announced.append)
+    lines = [line for line in announced if not line.startswith("warning: load average")]  # a busy machine
+    assert lines[0].startswith("matmul 2048² fp32") and lines[1].startswith("[1/2] p (")
+    assert lines[2].startswith("[2/2] p28 (") and "ORT" in lines[2]
+    csv_path, json_path = write_results(result, tmp_path / "bench")
+
+    with csv_path.open() as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames, list(reader)
+    assert tuple(header) == CSV_FIELDS and set(SCHEMA) <= set(header)
+    assert len(rows) == 2 * 2 * len(DEFAULT_MODULES) + 2 * 2  # configs × ROI counts × modules + ONNX rows
+    torch_rows = [r for r in rows if r["runtime"] == "torch"]
+    assert {(r["config"], r["module"], r["rois"]) for r in torch_rows} == {
+        (c, m, str(n)) for c in ("p", "p28") for m in DEFAULT_MODULES for n in (1, 2)
+    }
+    assert "refine_fast" in DEFAULT_MODULES and "refine_icp" not in DEFAULT_MODULES
+    for r in rows:
+        assert float(r["median_ms"]) > 0 and float(r["p90_ms"]) >= float(r["median_ms"]) - 1e-9
+        assert r["device"] == "cpu" and r["dtype"] == "fp32" and r["input_res"] == "64"
+        assert r["torch_version"] == torch.__version__ and r["threads"] == "1" and r["repeats"] == "2"
+    network = next(r for r in rows if (r["config"], r["module"], r["rois"]) == ("p", "network", "2"))
+    backbone = next(r for r in rows if (r["config"], r["module"], r["rois"]) == ("p", "backbone", "2"))
+    assert int(network["params"]) > int(backbone["params"]) > 0
+    assert float(network["gflops"]) > float(backbone["gflops"]) > 0
+    onnx = [r for r in rows if r["runtime"] == "onnxruntime"]
+    assert {r["module"] for r in onnx} == {"network"} and len(onnx) == 4
+
+    data = json.loads(json_path.read_text())
+    assert data["environment"]["torch_version"] == torch.__version__ and data["environment"]["device_name"]
+    assert data["environment"]["load_average_1min"] >= 0 and data["environment"]["cpu_count"] >= 1
+    assert data["matmul"]["size"] == 2048 and data["matmul"]["gflop_per_s"] > 0
+    assert set(data["configs"]) == {"p", "p28"} and data["configs"]["p28"]["model"]["input_res"] == 64
+    assert {t["key"] for t in data["targets"]} >= {"p28_vs_bm", "p28_onnx", "p28_pipeline", "p28_matmul"}
+    back = read_results(tmp_path / "bench")
+    assert back.rows == result.rows and back.configs == result.configs
+    assert read_results(csv_path).rows == result.rows  # the CSV reads back exactly, typed
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def row(config, module="network", rois=1, median_ms=10.0, runtime="torch", gflops=1.0, device="cpu", dtype="fp32"):
+    """A hand-made benchmark row (the fields targets read; the rest fixed)."""
+    return BenchRow(
+        config=config, module=module, runtime=runtime, device=device, device_name="test", dtype=dtype,
+        channels_last=False, compile=False, rois=rois, input_res=256, num_classes=1, threads=2,
+        torch_version=torch.__version__, malloc_tuned=True, warmup=1, repeats=5, median_ms=median_ms,
+        p90_ms=median_ms, iqr_ms=0.0, std_ms=0.0, min_ms=median_ms, max_ms=median_ms, params=1, gflops=gflops,
+        gflop_per_s=gflops / (median_ms / 1e3), matmul_gflop_per_s=100.0, matmul_ratio=gflops / median_ms * 10,
+    )
+
+
+def test_targets_are_ratios_of_measured_rows():
+    rows = [
+        row("bm", median_ms=200.0), row("P28", median_ms=30.0, gflops=1.8), row("p", "geo_head", median_ms=10.0),
+        row("p28", "geo_head", median_ms=0.5), row("p28", runtime="onnxruntime", median_ms=15.0),
+        row("p28", "pipeline", median_ms=36.0), row("p28", rois=8, median_ms=100.0, gflops=14.4),
+        row("bm", rois=8, median_ms=1000.0),
+    ]
+    results = {(r.key, r.rois): r for r in evaluate_targets(rows, matmul_gflop_per_s=100.0)}
+    assert results["p28_vs_bm", 1].measured == pytest.approx(0.15) and results["p28_vs_bm", 1].met is False
+    assert ("p28_vs_bm", 8) not in results  # stated at 1 ROI only
+    assert results["geo_head_p28_vs_p", 1].measured == pytest.approx(0.05) and results["geo_head_p28_vs_p", 1].met
+    assert results["p28_matmul", 1].measured == pytest.approx(0.6) and results["p28_matmul", 1].met  # ≥ 0.6
+    assert results["p28_matmul", 8].measured == pytest.approx(1.44)
+    assert results["p28_onnx", 1].measured == pytest.approx(0.5) and results["p28_onnx", 1].met
+    assert results["p28_pipeline", 1].measured == pytest.approx(1.2) and results["p28_pipeline", 1].met is False
+    missing = results["geo_head_n28_vs_n", None]
+    assert missing.measured is None and missing.met is None and "not measured" in missing.note
+    text = format_targets(list(results.values()))
+    assert "≤ 0.10" in text and "≥ 0.60" in text and " no" in text and " yes" in text
+
+
+def test_targets_pair_rows_of_one_device_and_dtype():
+    rows = [row("p28", median_ms=20.0, device="cuda"), row("bm", median_ms=100.0, device="cpu")]
+    (result,) = [r for r in evaluate_targets(rows, None) if r.key == "p28_vs_bm"]
+    assert result.measured is None
+    assert all(r.measured is None for r in evaluate_targets(rows, None) if r.key == "p28_matmul")
+
+
+def test_results_file_errors(tmp_path):
+    with pytest.raises(BenchmarkError, match="benchmark results not found"):
+        read_results(tmp_path)
+    (tmp_path / "latency.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(BenchmarkError, match="missing key"):
+        read_results(tmp_path)
+    bad = BenchResult({}, {}, {}, {}, [row("p")])
+    write_results(bad, tmp_path)
+    data = json.loads((tmp_path / "latency.json").read_text())
+    del data["rows"][0]["median_ms"]
+    (tmp_path / "latency.json").write_text(json.dumps(data))
+    with pytest.raises(BenchmarkError, match=r"rows\[0\] lacks median_ms"):
+        read_results(tmp_path)
+
+
+# --------------------------------------------------------------------------- tool
+
+
+def run_tool(*args, env=None):
+    return subprocess.run([sys.executable, str(REPO / "tools/bench_latency.py"), *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_tool_times_and_prints_targets(tmp_path):
+    env = {**os.environ, **MALLOC_ENV}  # already tuned: no restart; ONNX Runtime runs in a fresh process
+    result = run_tool("--configs", "p28", "--rois", "1", "--warmup", "0", "--repeats", "1", "--threads", "1",
+                      "--modules", "network,pipeline,refine_icp", "--onnx", "--out", str(tmp_path), *TINY, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "[1/1] p28 (" in out and "targets (ratios measured on this machine)" in out
+    assert "P28 per-image pipeline / network" in out and "P28 ONNX Runtime / eager latency" in out
+    rows = list(csv.DictReader((tmp_path / "latency.csv").open()))
+    assert [(r["module"], r["runtime"]) for r in rows] == [
+        ("network", "torch"), ("pipeline", "torch"), ("refine_icp", "torch"), ("network", "onnxruntime")
+    ]
+    assert rows[0]["threads"] == "1" and rows[0]["malloc_tuned"] == "True" and rows[3]["malloc_tuned"] == "False"
+
+
+def test_tool_bad_input_exits_2(tmp_path):
+    unknown = run_tool("--configs", "p,q28", "--out", str(tmp_path))
+    assert unknown.returncode == 2 and "unknown config 'q28'" in unknown.stderr and "Valid names" in unknown.stderr
+    dtype = run_tool("--configs", "p", "--dtype", "fp64", "--out", str(tmp_path))
+    assert dtype.returncode == 2 and "unknown dtype 'fp64'. Valid: fp32, fp16, bf16" in dtype.stderr
