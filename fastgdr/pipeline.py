@@ -51,12 +51,16 @@ class DemoBudget:
     train_iterations: int
     batch_size: int
     presets: str = "all"
+    bench_configs: str = "bm,n,n28,p,p28"
+    bench_rois: str = "1,8"
+    latency_repeats: int = 15
     seed: int = 0
 
 
 FULL = DemoBudget(objects=4, train_images=400, test_images=50, width=640, height=480, train_iterations=240, batch_size=8)
 QUICK = DemoBudget(
-    objects=2, train_images=16, test_images=4, width=320, height=240, train_iterations=4, batch_size=4, presets="P"
+    objects=2, train_images=16, test_images=4, width=320, height=240, train_iterations=4, batch_size=4,
+    presets="P", bench_configs="p,p28", bench_rois="1", latency_repeats=3,
 )
 
 
@@ -77,21 +81,30 @@ class PipelineResult:
 
 
 def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
-    """Synthetic data → P trained for the CPU budget and an untrained P → inference from the
-    detections and BOP evaluation of both, and of P with GDRNPP's fast depth refinement (P-R)
-    → model report of every preset → summary table."""
+    """Synthetic data → P trained for the CPU budget and an untrained P → P pruned to P28 and
+    fine-tuned (FAST GDRNPP's 15 of 40 epochs: 3/8 of the budget) → inference from the
+    detections and BOP evaluation of every model, with GDRNPP's fast depth refinement for P
+    and P28 (the "-R" configurations) → latency benchmark → model report of the presets →
+    summary table and speed/accuracy plot."""
     data = out / "data" / "synth"
     detections = data / "detections" / "synth_default_detections_test.json"
-    train_common = (
-        f"train.batch_size={budget.batch_size}", f"train.seed={budget.seed}",
-        f"train.warmup_iters={max(1, budget.train_iterations // 10)}",
-        f"train.checkpoint_period={max(1, budget.train_iterations // 6)}", "train.log_period=10",
-        "data.num_workers=1",
-    )
-    models = {
-        "p": budget.train_iterations,
-        "p_untrained": 0,
-    }
+
+    def train_args(iterations: int) -> tuple[str, ...]:
+        return (
+            f"train.iterations={iterations}", f"train.batch_size={budget.batch_size}", f"train.seed={budget.seed}",
+            f"train.warmup_iters={max(1, iterations // 10)}", f"train.checkpoint_period={max(1, iterations // 6)}",
+            "train.log_period=10", "data.num_workers=1",
+        )
+
+    def test_stage(name: str, checkpoint: Path, refine: str = "none") -> Stage:
+        folder = out / name / "eval"
+        return Stage(
+            f"test {name}", "test.py",
+            ("--ckpt", str(checkpoint), "--data", str(data), "--detections", str(detections), "--out", str(folder),
+             "--method", name.replace("_", "-"), "--refine", refine),
+            (folder / "scores_bop19.json",),
+        )
+
     stages = [
         Stage(
             "synthetic data", "make_synthetic.py",
@@ -101,26 +114,38 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
             (data / "test_targets_bop19.json", detections),
         )
     ]
-    for name, iterations in models.items():
-        run = out / name
+    for name, iterations in (("p", budget.train_iterations), ("p_untrained", 0)):
         stages.append(Stage(
             f"train {name}", "train.py",
-            ("--config", str(CONFIGS / "p.yaml"), "--data", str(data), "--out", str(run), "--no-progress",
-             f"train.iterations={iterations}", *train_common),
-            (run / "model_final.pth",),
+            ("--config", str(CONFIGS / "p.yaml"), "--data", str(data), "--out", str(out / name), "--no-progress",
+             *train_args(iterations)),
+            (out / name / "model_final.pth",),
         ))
-        stages.append(Stage(
-            f"test {name}", "test.py",
-            ("--ckpt", str(run / "model_final.pth"), "--data", str(data), "--detections", str(detections),
-             "--out", str(run / "eval"), "--method", name.replace("_", "-")),
-            (run / "eval" / "scores_bop19.json",),
-        ))
-    refined = out / "p_R"  # FAST GDRNPP's "-R": the same P model with depth refinement
+    pruned = out / "p28" / "pruned.pth"
     stages.append(Stage(
-        "test p with depth refinement", "test.py",
-        ("--ckpt", str(out / "p" / "model_final.pth"), "--data", str(data), "--detections", str(detections),
-         "--out", str(refined / "eval"), "--method", "p-R", "--refine", "fast"),
-        (refined / "eval" / "scores_bop19.json",),
+        "prune p to p28", "prune.py",
+        ("--ckpt", str(out / "p" / "model_final.pth"), "--geo-d", "28", "--pnp-d", "16", "--out", str(pruned),
+         "--repeats", str(budget.latency_repeats)),
+        (pruned, pruned.with_suffix(".yaml")),
+    ))
+    stages.append(Stage(
+        "fine-tune p28", "train.py",
+        ("--config", str(pruned.with_suffix(".yaml")), "--init", str(pruned), "--data", str(data),
+         "--out", str(out / "p28"), "--no-progress", *train_args(max(1, budget.train_iterations * 3 // 8))),
+        (out / "p28" / "model_final.pth",),
+    ))
+    evaluated = {
+        "p": ("p", "none"), "p_untrained": ("p_untrained", "none"), "p_R": ("p", "fast"),
+        "p28": ("p28", "none"), "p28_R": ("p28", "fast"),
+    }
+    for name, (model, refine) in evaluated.items():
+        stages.append(test_stage(name, out / model / "model_final.pth", refine))
+    bench = out / "bench"
+    stages.append(Stage(
+        "latency benchmark", "bench_latency.py",
+        ("--configs", budget.bench_configs, "--rois", budget.bench_rois, "--repeats", str(budget.latency_repeats),
+         "--out", str(bench)),
+        (bench / "latency.json",),
     ))
     stages.append(Stage(
         "model report", "model_info.py", ("--presets", budget.presets, "--out", str(out / "model_info")),
@@ -128,7 +153,7 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
     ))
     stages.append(Stage(
         "summary", "report.py",
-        (*[str(out / name / "eval") for name in (*models, "p_R")], "--out", str(out / "report")),
+        (*[str(out / name / "eval") for name in evaluated], str(bench), "--out", str(out / "report")),
         (out / "report" / "README.md",),
     ))
     return stages

@@ -19,13 +19,15 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = (out / "report" / "README.md").read_text()
-    assert "| p |" in report and "| p_untrained |" in report and "| p_R |" in report
-    for run in ("p", "p_untrained"):
+    for run in ("p", "p_untrained", "p_R", "p28", "p28_R"):
+        assert f"| {run} |" in report
+    assert (out / "report" / "speed_accuracy.png").stat().st_size > 0
+    for run in ("p", "p_untrained", "p_R", "p28", "p28_R"):
         scores = json.loads((out / run / "eval" / "scores_bop19.json").read_text())
         assert 0.0 <= scores["bop19_average_recall"] <= 1.0
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0
-    assert second.stdout.count("already done, skipped") == 8
+    assert second.stdout.count("already done, skipped") == 13
 
 
 def test_a_failing_stage_stops_with_its_log(tmp_path):
