@@ -1,4 +1,4 @@
-"""The main job: synthetic data → training → inference and BOP evaluation → report.
+"""The main job: synthetic data → training → pruning → inference, refinement and BOP evaluation → latency → report.
 
 Examples:
   python tools/demo.py                 # the full CPU demo into runs/demo (about 25-30 min on 2 cores)
