@@ -25,11 +25,11 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -42,6 +42,8 @@ _SCENE_DIR_RE = re.compile(r"^\d{6}$")
 _COLOR_LAYOUTS = (("rgb", ".png"), ("rgb", ".jpg"), ("gray", ".tif"))
 _GRAY_LAYOUTS = (("gray", ".tif"), ("rgb", ".png"), ("rgb", ".jpg"))
 _DEPTH_EXTENSIONS = (".png", ".tif")
+
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------
@@ -359,47 +361,37 @@ def _load_scene_camera(path: Path) -> dict[int, CameraInfo]:
     return cameras
 
 
-def _load_scene_gt(path: Path) -> dict[int, list[GTInstance]]:
+def _load_per_image_lists(path: Path, parse: Callable[[dict, str], T]) -> dict[int, list[T]]:
+    """A scene file mapping image ids to lists of entries, each parsed by ``parse(entry, where)``."""
     data = _mapping(_read_json(path), str(path), "an object mapping image ids to lists")
-    gts: dict[int, list[GTInstance]] = {}
+    parsed: dict[int, list[T]] = {}
     for key, entries in data.items():
         im_id = _id_key(key, path, "image")
-        instances = []
+        items = []
         for index, entry in enumerate(_list(entries, f"{path}: image {im_id}", "a list")):
             where = f"{path}: image {im_id}, entry {index}"
-            entry = _mapping(entry, where, "an object")
-            instances.append(
-                GTInstance(
-                    obj_id=_integer(entry, "obj_id", where),
-                    R=_numbers(entry, "cam_R_m2c", 9, where).reshape(3, 3),
-                    t=_numbers(entry, "cam_t_m2c", 3, where),
-                )
-            )
-        gts[im_id] = instances
-    return gts
+            items.append(parse(_mapping(entry, where, "an object"), where))
+        parsed[im_id] = items
+    return parsed
 
 
-def _load_scene_gt_info(path: Path) -> dict[int, list[GTInfo]]:
-    data = _mapping(_read_json(path), str(path), "an object mapping image ids to lists")
-    infos: dict[int, list[GTInfo]] = {}
-    for key, entries in data.items():
-        im_id = _id_key(key, path, "image")
-        image_infos = []
-        for index, entry in enumerate(_list(entries, f"{path}: image {im_id}", "a list")):
-            where = f"{path}: image {im_id}, entry {index}"
-            entry = _mapping(entry, where, "an object")
-            image_infos.append(
-                GTInfo(
-                    bbox_obj=_box(entry, "bbox_obj", where),
-                    bbox_visib=_box(entry, "bbox_visib", where),
-                    px_count_all=_integer(entry, "px_count_all", where),
-                    px_count_valid=_integer(entry, "px_count_valid", where),
-                    px_count_visib=_integer(entry, "px_count_visib", where),
-                    visib_fract=_number(entry, "visib_fract", where),
-                )
-            )
-        infos[im_id] = image_infos
-    return infos
+def _parse_gt(entry: dict, where: str) -> GTInstance:
+    return GTInstance(
+        obj_id=_integer(entry, "obj_id", where),
+        R=_numbers(entry, "cam_R_m2c", 9, where).reshape(3, 3),
+        t=_numbers(entry, "cam_t_m2c", 3, where),
+    )
+
+
+def _parse_gt_info(entry: dict, where: str) -> GTInfo:
+    return GTInfo(
+        bbox_obj=_box(entry, "bbox_obj", where),
+        bbox_visib=_box(entry, "bbox_visib", where),
+        px_count_all=_integer(entry, "px_count_all", where),
+        px_count_valid=_integer(entry, "px_count_valid", where),
+        px_count_visib=_integer(entry, "px_count_visib", where),
+        visib_fract=_number(entry, "visib_fract", where),
+    )
 
 
 def _check_same_ids(path: Path, ids: set[int], other_name: str, other_ids: set[int]) -> None:
@@ -593,10 +585,10 @@ class BopDataset:
         gts: dict[int, list[GTInstance]] | None = None
         gt_infos: dict[int, list[GTInfo]] | None = None
         if require_gt or gt_path.exists():
-            gts = _load_scene_gt(gt_path)
+            gts = _load_per_image_lists(gt_path, _parse_gt)
             _check_same_ids(gt_path, set(gts), camera_path.name, set(cameras))
             if info_path.exists():
-                gt_infos = _load_scene_gt_info(info_path)
+                gt_infos = _load_per_image_lists(info_path, _parse_gt_info)
                 _check_gt_info_matches(info_path, gt_infos, gts)
         return Scene(split=split, scene_id=scene_id, camera=cameras, gt=gts, gt_info=gt_infos)
 
