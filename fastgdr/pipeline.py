@@ -33,8 +33,11 @@ class Stage:
     outputs: tuple[Path, ...]
     always: bool = False  # cheap summaries of earlier stages run every time
 
+    def outputs_exist(self) -> bool:
+        return all(p.exists() for p in self.outputs)
+
     def done(self) -> bool:
-        return not self.always and all(p.exists() for p in self.outputs)
+        return not self.always and self.outputs_exist()
 
     def command(self) -> list[str]:
         return [sys.executable, str(TOOLS / self.tool), *self.args]
@@ -179,7 +182,7 @@ def run_pipeline(
         with log.open("w") as f:
             code = subprocess.run(stage.command(), stdout=f, stderr=subprocess.STDOUT).returncode
         seconds = time.perf_counter() - start
-        if code != 0 or not stage.done():
+        if code != 0 or not stage.outputs_exist():
             tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
             raise FastGDRError(f"stage '{stage.name}' failed (exit {code}); its log {log} ends with:\n{tail}")
         announce(f"{prefix}: done in {seconds:.0f} s")
