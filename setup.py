@@ -14,6 +14,7 @@ for line in Path("fastgdr/__init__.py").read_text().splitlines():
 
 EXTRAS = {
     "fastervit": ["fastervit>=1.0"],
+    "kd": ["geomloss>=0.3"],
     "onnx": ["onnx", "onnxruntime"],
     "plot": ["matplotlib"],
     "tensorboard": ["tensorboard"],

@@ -134,12 +134,14 @@ def load_weights(
     model: nn.Module,
     checkpoint: str | Path | Mapping[str, Any],
     strict: bool = True,
+    source: str | None = None,
 ) -> KeyReport:
     """Load a checkpoint (path or loaded dict) into ``model``.
 
     Args:
         strict: refuse (raise) unless every key and shape matches. With ``strict=False``
             the matching tensors are loaded and the report says what was skipped.
+        source: how error messages name a loaded dict (default: its path, or "checkpoint").
 
     Returns:
         The key report (``report.ok`` is True after a strict load).
@@ -147,7 +149,8 @@ def load_weights(
     Raises:
         CheckpointError: the file is missing or unreadable, or (strict) keys mismatch.
     """
-    source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "checkpoint"
+    if source is None:
+        source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "checkpoint"
     data = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     state = extract_state_dict(data, source)
     report = compare_state_dict(model, state)

@@ -243,12 +243,145 @@ class TrainConfig:
 
 
 @dataclass
+class FeatureKDConfig:
+    """FAST GDRNPP's feature distillation: a 1×1 adapter maps the student's backbone
+    feature to the teacher's channels; both are standardised per sample and channel over
+    space; MSE.
+
+    Attributes:
+        weight: loss weight (0 disables the term).
+        adapter_lr: base learning rate of the adapter (its own optimizer group, no weight
+            decay; FAST GDRNPP: 1e-5). It follows the same schedule as the student.
+    """
+
+    weight: float = 0.0
+    adapter_lr: float = 1e-5
+
+
+@dataclass
+class OTKDConfig:
+    """ADLP: a Sinkhorn divergence between the teacher's and the student's local predictions.
+
+    Each ROI's 64×64 output becomes a weighted point set: points (u, v, x, y, z) — the
+    cell's position in the crop and the predicted normalized object coordinate — with the
+    predicted visible-mask values as masses.
+
+    Attributes:
+        weight: loss weight (0 disables the term).
+        sampling: ``pool`` averages ``grid``×``grid`` blocks (coordinates weighted by the
+            mask, masses = mean mask); ``topk`` keeps the ``topk`` cells with the largest
+            mask value of each set separately.
+        grid: pooled grid side (16 → 256 points per ROI); must divide the output size.
+        topk: points per ROI for ``topk``.
+        blur: entropic blur in normalized units (ε = blur ** 2).
+        reach: None for balanced OT (masses normalized to sum 1), or the reach of
+            unbalanced OT (raw masses, KL-penalized marginals; ADLP: 0.5).
+        scaling: ε-scaling ratio of the solver (closer to 1 = more accurate, slower).
+        position_scale: factor on the (u, v) coordinates relative to (x, y, z).
+        detach_masses: stop gradients into the student's masks (ADLP distils them).
+    """
+
+    weight: float = 0.0
+    sampling: Literal["pool", "topk"] = "pool"
+    grid: int = 16
+    topk: int = 256
+    blur: float = 0.05
+    reach: float | None = None
+    scaling: float = 0.5
+    position_scale: float = 1.0
+    detach_masses: bool = False
+
+    def __post_init__(self) -> None:
+        if self.grid < 1 or self.topk < 1:
+            raise ValueError("grid and topk must be >= 1")
+        if self.blur <= 0 or (self.reach is not None and self.reach <= 0):
+            raise ValueError("blur and reach must be positive")
+        if not 0.0 < self.scaling < 1.0:
+            raise ValueError(f"scaling must be in (0, 1), got {self.scaling}")
+
+
+@dataclass
+class NaiveKDConfig:
+    """The baseline the papers compare against: per-cell L1 or L2 between teacher and
+    student coordinates (weighted by the teacher's visible mask) and visible masks.
+
+    Attributes:
+        weight: loss weight (0 disables the term).
+        norm: ``l1`` or ``l2``.
+        mask_weight: relative weight of the mask part.
+    """
+
+    weight: float = 0.0
+    norm: Literal["l1", "l2"] = "l1"
+    mask_weight: float = 1.0
+
+
+@dataclass
+class UncertaintyKDConfig:
+    """Uncertainty-aware distillation (UA-KD): teacher uncertainty per local prediction.
+
+    The uncertainty of a cell is the variance of the teacher's coordinates across an
+    ensemble of teacher checkpoints (``kd.teachers`` with several entries) or, with one
+    teacher, across ``tta_samples`` photometrically perturbed copies of the crop. Its
+    confidence ``exp(-variance / temperature)`` multiplies the teacher's OT masses, and a
+    prediction-related feature term distils backbone features at confident object cells.
+
+    Attributes:
+        enabled: use the confidence in the OT masses (needs ``kd.ot.weight`` > 0 to matter).
+        tta_samples: perturbed copies when there is a single teacher (>= 2).
+        tta_strength: size of the brightness/contrast jitter and pixel noise.
+        temperature: variance scale; None uses the mean variance over the teacher's
+            visible cells of the batch (scale-free).
+        feature_weight: weight of the prediction-related feature term (0 disables it).
+    """
+
+    enabled: bool = False
+    tta_samples: int = 4
+    tta_strength: float = 0.1
+    temperature: float | None = None
+    feature_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.tta_samples < 2:
+            raise ValueError(f"tta_samples must be >= 2, got {self.tta_samples}")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+@dataclass
+class KDConfig:
+    """Knowledge distillation from frozen teachers (``tools/distill.py``).
+
+    Attributes:
+        teachers: teacher checkpoints; several form an ensemble (the first one's
+            features are the feature targets).
+        teacher_config: config of teachers that carry none (official GDRNPP checkpoints).
+        teacher_precision: ``bfloat16`` runs the teachers under autocast (faster on CPUs
+            with AVX512-BF16 and on GPUs).
+    """
+
+    teachers: tuple[str, ...] = ()
+    teacher_config: str | None = None
+    teacher_precision: Literal["float32", "bfloat16"] = "float32"
+    feature: FeatureKDConfig = field(default_factory=FeatureKDConfig)
+    ot: OTKDConfig = field(default_factory=OTKDConfig)
+    naive: NaiveKDConfig = field(default_factory=NaiveKDConfig)
+    uncertainty: UncertaintyKDConfig = field(default_factory=UncertaintyKDConfig)
+
+    @property
+    def active(self) -> bool:
+        """Whether any distillation term is on."""
+        return any(w > 0 for w in (self.feature.weight, self.ot.weight, self.naive.weight, self.uncertainty.feature_weight))
+
+
+@dataclass
 class Config:
     """The root of every config file."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
 
 
 def _check_layer_widths(widths: Sequence[int], groups: Sequence[int], layers: int) -> None:

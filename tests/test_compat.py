@@ -72,3 +72,13 @@ def test_schemas_are_defined_once():
 def test_optional_import_names_what_to_install():
     with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[ot\]'"):
         _compat.import_optional("surely_not_a_module_xyz", extra="ot", purpose="OT distillation")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fastervit") is None, reason="fastervit is not installed")
+def test_a_fastervit_backbone_can_be_the_first_thing_built():
+    # fastervit imports timm (so torchvision) itself: the repair has to come first
+    out = run_python(
+        "from fastgdr.models.backbones import build_backbone\n"
+        "print(build_backbone('FViT0')[1].channels)\n"
+    )
+    assert out.splitlines()[-1] == "512"

@@ -54,7 +54,7 @@ def load_model(
             "e.g. configs/bm.yaml with model.num_classes=<objects>"
         )
     model = GDRNPoseNet.from_config(cfg.model, init_heads=False)
-    load_weights(model, state, strict=True)
+    load_weights(model, state, strict=True, source=str(checkpoint))
     return model.eval(), cfg
 
 

@@ -8,6 +8,11 @@ iteration-based schedule and writes into the run folder:
   iteration, RNG states), written atomically every ``train.checkpoint_period`` iterations;
 - ``model_final.pth`` — the trained weights and the model config, written at the end;
 - ``metrics.csv`` and ``tensorboard/`` — every loss term, the learning rate, timing.
+
+With distillation weights in ``cfg.kd`` the teachers it names join the run
+(:mod:`fastgdr.engine.distiller`): their terms are added to the loss and logged, the
+feature adapter is trained and checkpointed for resuming, and ``model_final.pth`` holds the
+student alone.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from fastgdr.data.train_dataset import (
     build_object_assets,
     index_train_instances,
 )
+from fastgdr.engine.distiller import Distiller, build_distiller
 from fastgdr.engine.logger import MetricLogger
 from fastgdr.engine.optim import build_optimizer, flat_and_anneal_lambda
 from fastgdr.errors import CheckpointError, ConfigError
@@ -194,7 +200,11 @@ def train(
     use_cuda_extras = device.type == "cuda"
     if use_cuda_extras and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.train.optimizer, [{"params": model.parameters()}], cfg.train.lr, cfg.train.weight_decay)
+    distiller: Distiller | None = build_distiller(cfg, model, device) if cfg.kd.active else None
+    param_groups = [{"params": list(model.parameters())}]
+    if distiller is not None and any(True for _ in distiller.parameters()):
+        param_groups.append({"params": list(distiller.parameters()), "lr": cfg.kd.feature.adapter_lr, "weight_decay": 0.0})
+    optimizer = build_optimizer(cfg.train.optimizer, param_groups, cfg.train.lr, cfg.train.weight_decay)
     schedule = flat_and_anneal_lambda(max(iterations, 1), cfg.train.warmup_iters, cfg.train.warmup_factor, cfg.train.anneal_point)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
@@ -210,6 +220,8 @@ def train(
                 f"({out_dir / 'config.yaml'})"
             )
         load_weights(model, state, strict=True)
+        if distiller is not None:
+            distiller.load_state_dict(state["distiller"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
@@ -219,6 +231,9 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     train_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
+    distill_step = distiller
+    if distiller is not None and dist_info.world_size > 1 and any(True for _ in distiller.parameters()):
+        distill_step = DistributedDataParallel(distiller)  # the adapter's gradients are averaged too
 
     sampler = TrainSampler(iterations, cfg.train.batch_size, dist_info.rank, dist_info.world_size, start_iter)
     loader = DataLoader(
@@ -239,10 +254,13 @@ def train(
         if use_cuda_extras and cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets_to(batch["targets"], device)
+        roi_classes = batch["roi_classes"].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda_extras and cfg.train.amp):
-            out = train_model(images, batch["roi_classes"].to(device), batch["roi_coord_2d"].to(device), batch["roi_extents"].to(device))
+            out = train_model(images, roi_classes, batch["roi_coord_2d"].to(device), batch["roi_extents"].to(device))
         out = replace(out, **{f.name: getattr(out, f.name).float() for f in fields(out)})
         losses = gdrn_losses(out, targets, cfg.train.loss_weights)
+        if distill_step is not None:
+            losses.update(distill_step(images, roi_classes, out))
         loss = total_loss(losses)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}: {({k: v.item() for k, v in losses.items()})}")
@@ -264,9 +282,10 @@ def train(
                 })
                 tick = now
             if iteration % cfg.train.checkpoint_period == 0 or iteration == iterations:
+                distiller_state = {"distiller": distiller.state_dict()} if distiller is not None else {}
                 save_checkpoint(
                     checkpoint_path, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    iteration=iteration, rng=_rng_state(), config=to_dict(cfg),
+                    iteration=iteration, rng=_rng_state(), config=to_dict(cfg), **distiller_state,
                 )
     bar.close()
     final = out_dir / FINAL_MODEL

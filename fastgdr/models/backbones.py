@@ -165,8 +165,8 @@ def _check_weights_path(pretrained: str | Path | None) -> Path | None:
 def _build_fastervit(
     preset: BackbonePreset, weights: Path | None, input_res: int
 ) -> tuple[nn.Module, BackboneInfo]:
+    import_timm()  # fastervit imports timm at import time: repair torchvision first
     fastervit = import_optional("fastervit", extra="fastervit", purpose="FasterViT backbones")
-    import_timm()  # fastervit imports timm; make sure torchvision imports first
     model = fastervit.create_model(
         preset.model_name, resolution=[input_res, input_res], pretrained=False
     )

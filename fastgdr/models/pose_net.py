@@ -134,18 +134,25 @@ class GDRNPoseNet(nn.Module):
             roi_extents: [B, 3] object bounding-box sizes in m.
         """
         features = self.extract_features(images)
-        dense = self.geo_head_net(features)
-        if self.num_classes > 1:
-            batch = torch.arange(images.shape[0], device=images.device)
-            cls = roi_classes.long()
-            vis, amodal = dense.visible_mask[batch, cls, None], dense.amodal_mask[batch, cls, None]
-            xyz, region = dense.xyz[batch, :, cls], dense.region[batch, cls]
-        else:
-            vis, amodal = dense.visible_mask, dense.amodal_mask
-            xyz, region = dense.xyz[:, :, 0], dense.region[:, 0]
+        vis, amodal, xyz, region = self.dense_predictions(features, roi_classes)
         region_prob = torch.softmax(region[:, 1:], dim=1)
         rot6d, site = self.pnp_net(xyz, roi_coord_2d, region_prob, roi_extents)
         return PoseNetOutput(vis, amodal, xyz, region, rot6d, site, features)
+
+    def dense_predictions(
+        self, features: torch.Tensor, roi_classes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The geometric head's maps for each ROI's class: visible mask [B, 1, s, s],
+        amodal mask [B, 1, s, s], xyz [B, 3, s, s] and region logits [B, R + 1, s, s]."""
+        dense = self.geo_head_net(features)
+        if self.num_classes > 1:
+            batch = torch.arange(features.shape[0], device=features.device)
+            cls = roi_classes.long()
+            return (
+                dense.visible_mask[batch, cls, None], dense.amodal_mask[batch, cls, None],
+                dense.xyz[batch, :, cls], dense.region[batch, cls],
+            )
+        return dense.visible_mask, dense.amodal_mask, dense.xyz[:, :, 0], dense.region[:, 0]
 
 
 def decode_pose(

@@ -1,0 +1,366 @@
+"""Distillation: the losses' properties, the teachers, one step of each kind, the tool."""
+
+import importlib.util
+import itertools
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastgdr.checkpoint import read_checkpoint, save_checkpoint
+from fastgdr.config import load_config, save_config, to_dict
+from fastgdr.engine.distiller import (
+    TeacherEnsemble,
+    build_distiller,
+    build_feature_adapter,
+    load_teacher,
+    photometric_perturbation,
+)
+from fastgdr.errors import CheckpointError, ConfigError
+from fastgdr.losses.distillation import (
+    WeightedPoints,
+    ensemble_confidence,
+    feature_distillation_loss,
+    local_prediction_points,
+    naive_distillation_loss,
+    ot_distillation_loss,
+    sinkhorn_divergence,
+    sinkhorn_divergence_reference,
+)
+from fastgdr.models import GDRNPoseNet
+from fastgdr.models.backbones import BACKBONE_PRESETS, build_backbone
+
+from conftest import REPO, TINY_TRAIN_OVERRIDES
+
+pytest.importorskip("geomloss")
+
+
+def random_sets(batch=3, n=20, m=15, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    student = WeightedPoints(torch.rand(batch, n, 5, generator=g), torch.rand(batch, n, generator=g) + 0.1)
+    teacher = WeightedPoints(torch.rand(batch, m, 5, generator=g), torch.rand(batch, m, generator=g) + 0.1)
+    return student, teacher
+
+
+# --- optimal transport ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("reach", [None, 0.5])
+def test_ot_is_zero_for_identical_sets_and_positive_otherwise(reach):
+    student, teacher = random_sets()
+    same = sinkhorn_divergence(student, student, blur=0.05, reach=reach)
+    assert same.abs().max() < 1e-5
+    assert (sinkhorn_divergence(student, teacher, blur=0.05, reach=reach) > 1e-3).all()
+
+
+@pytest.mark.parametrize("reach", [None, 0.5])
+def test_ot_does_not_depend_on_point_order(reach):
+    student, teacher = random_sets(n=20, m=20)
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(1))
+    shuffled = WeightedPoints(student.points[:, perm], student.masses[:, perm])
+    a = sinkhorn_divergence(student, teacher, reach=reach)
+    b = sinkhorn_divergence(shuffled, teacher, reach=reach)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_ot_of_two_diracs_is_half_the_squared_distance():
+    x, y = torch.tensor([[[0.1, 0.2, 0.3, 0.4, 0.5]]]), torch.tensor([[[0.4, 0.0, 0.3, 0.9, 0.1]]])
+    ones = torch.ones(1, 1)
+    expected = 0.5 * (x - y).square().sum()
+    for solver in (sinkhorn_divergence, sinkhorn_divergence_reference):
+        value = solver(WeightedPoints(x, ones), WeightedPoints(y, ones), blur=0.05)
+        assert value.item() == pytest.approx(expected.item(), rel=1e-3)
+
+
+def test_geomloss_matches_the_reference_solver():
+    student, teacher = random_sets(n=20, m=15)
+    fast = sinkhorn_divergence(student, teacher, blur=0.1, scaling=0.95)
+    reference = sinkhorn_divergence_reference(student, teacher, blur=0.1)
+    torch.testing.assert_close(fast.double(), reference, rtol=0.03, atol=1e-4)
+
+
+@pytest.mark.parametrize("reach", [None, 0.5])
+def test_ot_gives_finite_gradients_to_student_points_and_masses_with_different_set_sizes(reach):
+    student, teacher = random_sets(n=30, m=12)
+    points = student.points.clone().requires_grad_(True)
+    masses = student.masses.clone().requires_grad_(True)
+    loss = ot_distillation_loss(WeightedPoints(points, masses), teacher, reach=reach)
+    loss.backward()
+    for grad in (points.grad, masses.grad):
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_ot_moves_student_points_towards_the_teacher():
+    student, teacher = random_sets(n=16, m=16)
+    student = WeightedPoints(student.points, teacher.masses)  # same masses: only the points differ
+    points = student.points.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([points], lr=20.0)  # gradients scale with the point masses (~1/16)
+    start = ot_distillation_loss(WeightedPoints(points, student.masses), teacher).item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        ot_distillation_loss(WeightedPoints(points, student.masses), teacher).backward()
+        optimizer.step()
+    assert ot_distillation_loss(WeightedPoints(points, student.masses), teacher).item() < 0.25 * start
+
+
+def test_ot_skips_rois_without_mass():
+    student, teacher = random_sets(batch=2)
+    teacher.masses[1] = 0.0
+    expected = sinkhorn_divergence(WeightedPoints(student.points[:1], student.masses[:1]),
+                                   WeightedPoints(teacher.points[:1], teacher.masses[:1]))
+    torch.testing.assert_close(ot_distillation_loss(student, teacher), expected.mean())
+    teacher.masses[0] = 0.0
+    assert ot_distillation_loss(student, teacher).item() == 0.0
+
+
+# --- local predictions as point sets ---------------------------------------------------------
+
+def test_pooled_points_carry_mask_weighted_coordinates_and_mean_masses():
+    xyz = torch.zeros(1, 3, 8, 8)
+    xyz[:, :, :4, :4] = 0.25
+    xyz[:, :, 0, 0] = 0.75  # the one cell of the first block with mask 1
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[:, :, 0, 0] = 1.0
+    mask[:, :, 4:, 4:] = 0.5
+    sets = local_prediction_points(xyz, mask, "pool", grid=2)
+    assert sets.points.shape == (1, 4, 5) and sets.masses.shape == (1, 4)
+    torch.testing.assert_close(sets.points[0, 0], torch.tensor([0.25, 0.25, 0.75, 0.75, 0.75]))
+    torch.testing.assert_close(sets.masses[0], torch.tensor([1 / 16, 0.0, 0.0, 0.5]) / 4)
+    assert sets.masses.sum().item() == pytest.approx(mask.mean().item())
+
+
+def test_topk_keeps_the_most_visible_cells():
+    mask = torch.rand(2, 1, 8, 8)
+    xyz = torch.rand(2, 3, 8, 8)
+    sets = local_prediction_points(xyz, mask, "topk", topk=5)
+    assert sets.points.shape == (2, 5, 5)
+    torch.testing.assert_close(sets.masses * 5, mask.flatten(1).topk(5).values)
+    best = mask[0, 0].flatten().argmax()
+    row, col = divmod(best.item(), 8)
+    torch.testing.assert_close(sets.points[0, 0], torch.cat([torch.tensor([(col + 0.5) / 8, (row + 0.5) / 8]), xyz[0, :, row, col]]))
+
+
+def test_pooling_grid_must_divide_the_output():
+    with pytest.raises(ValueError, match="must divide"):
+        local_prediction_points(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64), "pool", grid=12)
+
+
+# --- feature, naive and uncertainty terms ----------------------------------------------------
+
+def test_feature_loss_standardises_per_sample_and_channel():
+    teacher = torch.randn(2, 4, 8, 8)
+    scaled = teacher * torch.tensor([2.0, 0.5, 3.0, 1.0]).view(1, 4, 1, 1) + 7.0
+    assert feature_distillation_loss(scaled, teacher).item() < 1e-6
+    assert feature_distillation_loss(torch.randn(2, 4, 8, 8), teacher).item() > 0.5
+    with pytest.raises(ValueError, match="do not match"):
+        feature_distillation_loss(torch.randn(2, 3, 8, 8), teacher)
+
+
+def test_weighted_feature_loss_only_sees_weighted_cells():
+    teacher = torch.randn(1, 4, 8, 8)
+    student = teacher.clone()
+    student[..., 4:, :] = torch.randn(1, 4, 4, 8)  # differs only in the bottom half
+    weights = torch.zeros(1, 1, 8, 8)
+    weights[..., :4, :] = 1.0
+    top = feature_distillation_loss(student, teacher, weights)
+    bottom = feature_distillation_loss(student, teacher, 1.0 - weights)
+    assert bottom > top  # the standardisation couples the halves, but the differing half dominates
+
+
+def test_naive_loss_known_values():
+    xyz, mask = torch.full((1, 3, 4, 4), 0.5), torch.ones(1, 1, 4, 4)
+    assert naive_distillation_loss(xyz, mask, xyz, mask).item() == 0.0
+    shifted = xyz + 0.1
+    assert naive_distillation_loss(shifted, mask, xyz, mask, "l1").item() == pytest.approx(0.1)
+    assert naive_distillation_loss(shifted, mask, xyz, mask, "l2").item() == pytest.approx(0.01)
+    assert naive_distillation_loss(xyz, mask * 0.5, xyz, mask, "l1", mask_weight=2.0).item() == pytest.approx(1.0)
+
+
+def test_ensemble_confidence_drops_where_members_disagree():
+    xyz = torch.rand(1, 3, 8, 8).expand(3, -1, -1, -1, -1).clone()
+    xyz[1, :, :, 2, 3] += 0.2
+    mask = torch.ones(3, 1, 1, 8, 8)
+    result = ensemble_confidence(xyz, mask, temperature=0.01)
+    assert result.confidence[0, 0, 2, 3] < 0.2
+    assert (result.confidence[0, 0, 0] == 1.0).all()
+    torch.testing.assert_close(result.xyz, xyz.mean(0))
+    with pytest.raises(ValueError, match="at least 2"):
+        ensemble_confidence(xyz[:1], mask[:1])
+
+
+def test_photometric_perturbation_stays_in_range_and_changes_the_crop():
+    images = torch.rand(2, 3, 16, 16)
+    perturbed = photometric_perturbation(images, 0.1)
+    assert perturbed.min() >= 0 and perturbed.max() <= 1
+    assert not torch.equal(perturbed, images)
+
+
+# --- adapters and teachers -------------------------------------------------------------------
+
+def preset_channels():
+    channels = {}
+    for name in BACKBONE_PRESETS:
+        if BACKBONE_PRESETS.get(name).source == "fastervit":
+            if importlib.util.find_spec("fastervit") is None:
+                continue
+            channels[name] = build_backbone(name)[1].channels
+        else:
+            with torch.device("meta"):  # shapes only: no memory, no init cost
+                channels[name] = build_backbone(name)[1].channels
+    return channels
+
+
+def test_adapters_build_for_every_preset_pair():
+    channels = preset_channels()
+    assert {"BM", "N", "P", "EB0", "R34"} <= set(channels)
+    for student, teacher in itertools.product(channels, repeat=2):
+        adapter = build_feature_adapter(channels[student], channels[teacher])
+        out = adapter(torch.randn(1, channels[student], 8, 8))
+        assert out.shape == (1, channels[teacher], 8, 8), (student, teacher)
+
+
+def tiny_cfg(*extra):
+    return load_config(REPO / "configs/p.yaml", [*TINY_TRAIN_OVERRIDES, "model.num_classes=3", *extra])
+
+
+TEACHER_OVERRIDES = ["model.backbone.name=test_resnet", "model.geo_head.widths=[32,32,32,32,32,32,32]", "model.geo_head.gn_groups=[8,8,8,8,8,8,8]"]
+
+
+@pytest.fixture(scope="module")
+def teacher_checkpoints(tmp_path_factory):
+    """Two tiny teachers (another backbone, wider head, RGB input) with embedded configs, and one bare state dict."""
+    folder = tmp_path_factory.mktemp("teachers")
+    cfg = tiny_cfg(*TEACHER_OVERRIDES, "model.input.channel_order=RGB")
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        paths.append(save_checkpoint(folder / f"teacher{seed}.pth", GDRNPoseNet.from_config(cfg.model), config=to_dict(cfg)))
+    bare = folder / "bare.pth"
+    torch.save({"model": read_checkpoint(paths[0])["model"]}, bare)
+    return paths, bare
+
+
+def student_batch(cfg, batch=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    res = cfg.model.input_res
+    out_res = res // 4
+    return (
+        torch.rand(batch, 3, res, res, generator=g),
+        torch.randint(0, 3, (batch,), generator=g),
+        torch.rand(batch, 2, out_res, out_res, generator=g),
+        torch.rand(batch, 3, generator=g) * 0.1 + 0.05,
+    )
+
+
+KINDS = {
+    "feature": ["kd.feature.weight=1"],
+    "ot_pool": ["kd.ot.weight=5", "kd.ot.grid=8"],
+    "ot_topk_unbalanced": ["kd.ot.weight=5", "kd.ot.sampling=topk", "kd.ot.topk=64", "kd.ot.reach=0.5"],
+    "naive": ["kd.naive.weight=1", "kd.naive.norm=l2"],
+    "uncertainty_tta": ["kd.ot.weight=5", "kd.ot.grid=8", "kd.uncertainty.enabled=true",
+                        "kd.uncertainty.feature_weight=1", "kd.uncertainty.tta_samples=2"],
+    "bf16_teacher": ["kd.feature.weight=1", "kd.naive.weight=1", "kd.teacher_precision=bfloat16"],
+}
+EXPECTED_TERMS = {
+    "feature": {"kd_feature"}, "ot_pool": {"kd_ot"}, "ot_topk_unbalanced": {"kd_ot"}, "naive": {"kd_naive"},
+    "uncertainty_tta": {"kd_ot", "kd_ua_feature"}, "bf16_teacher": {"kd_feature", "kd_naive"},
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_one_distillation_step_of_each_kind(kind, teacher_checkpoints):
+    paths, _ = teacher_checkpoints
+    cfg = tiny_cfg(*KINDS[kind], f"kd.teachers=[{paths[0]}]")
+    torch.manual_seed(0)
+    student = GDRNPoseNet.from_config(cfg.model)
+    distiller = build_distiller(cfg, student, torch.device("cpu"))
+    images, classes, coords, extents = student_batch(cfg)
+    losses = distiller(images, classes, student(images, classes, coords, extents))
+    assert set(losses) == EXPECTED_TERMS[kind]
+    sum(losses.values()).backward()
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+    if distiller.adapter is not None:
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in distiller.adapter.parameters())
+    teacher = distiller.teachers.models[0]
+    assert not teacher.training and all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+
+
+def test_teacher_sees_the_crop_in_its_own_channel_order(teacher_checkpoints):
+    paths, _ = teacher_checkpoints
+    cfg = tiny_cfg("kd.feature.weight=1", f"kd.teachers=[{paths[0]}]")  # student BGR, teacher RGB
+    model, teacher_cfg = load_teacher(paths[0])
+    ensemble = TeacherEnsemble([model], [teacher_cfg], cfg.model, cfg.kd)
+    images, classes, _, _ = student_batch(cfg)
+    with torch.no_grad():
+        expected = model.extract_features(images.flip(1))
+    torch.testing.assert_close(ensemble(images, classes).features, expected)
+
+
+def test_an_ensemble_of_teachers_gives_confidence(teacher_checkpoints):
+    paths, _ = teacher_checkpoints
+    cfg = tiny_cfg("kd.ot.weight=1", "kd.uncertainty.enabled=true", f"kd.teachers=[{paths[0]},{paths[1]}]")
+    student = GDRNPoseNet.from_config(cfg.model)
+    distiller = build_distiller(cfg, student, torch.device("cpu"))
+    images, classes, _, _ = student_batch(cfg)
+    dense = distiller.teachers(images, classes).dense
+    assert dense.confidence.min() < 1.0 and dense.confidence.max() <= 1.0
+
+
+def test_a_teacher_that_does_not_match_its_config_is_refused(teacher_checkpoints, tmp_path):
+    paths, bare = teacher_checkpoints
+    with pytest.raises(CheckpointError, match="carries no config"):
+        load_teacher(bare)
+    wrong = save_config(tiny_cfg(), tmp_path / "wrong.yaml")  # the student's narrower head, not the teacher's
+    with pytest.raises(CheckpointError) as err:
+        load_teacher(bare, wrong)
+    message = str(err.value)
+    assert f"teacher {bare}" in message and "do not match" in message and str(wrong) in message
+    assert "geo_head_net" in message  # names the mismatching keys
+
+
+def test_distillation_without_a_teacher_or_with_another_class_count_is_refused(teacher_checkpoints):
+    paths, _ = teacher_checkpoints
+    with pytest.raises(ConfigError, match="kd.teachers is empty"):
+        build_distiller(tiny_cfg("kd.ot.weight=1"), GDRNPoseNet.from_config(tiny_cfg().model), torch.device("cpu"))
+    cfg = tiny_cfg("kd.ot.weight=1", "model.num_classes=5", f"kd.teachers=[{paths[0]}]")
+    with pytest.raises(ConfigError, match="predicts 3 classes, the student 5"):
+        build_distiller(cfg, GDRNPoseNet.from_config(cfg.model), torch.device("cpu"))
+
+
+# --- the tool --------------------------------------------------------------------------------
+
+def run_distill(*args):
+    cmd = [sys.executable, str(REPO / "tools/distill.py"), "--config", str(REPO / "configs/p.yaml"),
+           "--no-progress", *args]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def test_distill_tool_trains_logs_each_term_and_saves_the_student_alone(tiny_dataset, teacher_checkpoints, tmp_path):
+    paths, _ = teacher_checkpoints
+    out = tmp_path / "kd"
+    args = ["--teacher", str(paths[0]), "--data", str(tiny_dataset), "--out", str(out), *TINY_TRAIN_OVERRIDES,
+            "train.iterations=2", "kd.feature.weight=1", "kd.ot.weight=5", "kd.ot.grid=8"]
+    result = run_distill(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"kd_feature", "kd_ot", "loss_coor_x", "loss"} <= set(header)
+    final = read_checkpoint(out / "model_final.pth")
+    assert not any("adapter" in key for key in final["model"])
+    student = GDRNPoseNet.from_config(tiny_cfg().model)
+    assert set(final["model"]) == set(student.state_dict())
+    last = read_checkpoint(out / "last_checkpoint.pth")
+    assert "adapter.weight" in last["distiller"]
+    assert final["config"]["kd"]["teachers"] == [str(paths[0])]
+    resumed = run_distill(*args, "--resume")  # finished: loads everything, trains nothing more
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+def test_distill_tool_needs_a_term_and_has_examples(tiny_dataset, teacher_checkpoints, tmp_path):
+    paths, _ = teacher_checkpoints
+    result = run_distill("--teacher", str(paths[0]), "--data", str(tiny_dataset), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "no distillation term is on" in result.stderr
+    assert "Traceback" not in result.stderr
+    help_text = run_distill("--help").stdout
+    assert "Examples:" in help_text and "kd.ot.weight" in help_text
