@@ -257,6 +257,10 @@ class FeatureKDConfig:
     weight: float = 0.0
     adapter_lr: float = 1e-5
 
+    def __post_init__(self) -> None:
+        if self.weight < 0 or self.adapter_lr <= 0:
+            raise ValueError("weight must be >= 0 and adapter_lr > 0")
+
 
 @dataclass
 class OTKDConfig:
@@ -292,6 +296,8 @@ class OTKDConfig:
     detach_masses: bool = False
 
     def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
         if self.grid < 1 or self.topk < 1:
             raise ValueError("grid and topk must be >= 1")
         if self.blur <= 0 or (self.reach is not None and self.reach <= 0):
@@ -314,6 +320,10 @@ class NaiveKDConfig:
     weight: float = 0.0
     norm: Literal["l1", "l2"] = "l1"
     mask_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.weight < 0 or self.mask_weight < 0:
+            raise ValueError("weight and mask_weight must be >= 0")
 
 
 @dataclass
@@ -342,6 +352,8 @@ class UncertaintyKDConfig:
     feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.feature_weight < 0 or self.tta_strength < 0:
+            raise ValueError("feature_weight and tta_strength must be >= 0")
         if self.tta_samples < 2:
             raise ValueError(f"tta_samples must be >= 2, got {self.tta_samples}")
         if self.temperature is not None and self.temperature <= 0:
@@ -355,7 +367,9 @@ class KDConfig:
     Attributes:
         teachers: teacher checkpoints; several form an ensemble (the first one's
             features are the feature targets).
-        teacher_config: config of teachers that carry none (official GDRNPP checkpoints).
+        teacher_config: config of teachers that carry none (official GDRNPP checkpoints;
+            ``model.num_classes`` is taken from the student). A teacher's embedded config
+            always wins.
         teacher_precision: ``bfloat16`` runs the teachers under autocast (faster on CPUs
             with AVX512-BF16 and on GPUs).
     """
@@ -367,6 +381,10 @@ class KDConfig:
     ot: OTKDConfig = field(default_factory=OTKDConfig)
     naive: NaiveKDConfig = field(default_factory=NaiveKDConfig)
     uncertainty: UncertaintyKDConfig = field(default_factory=UncertaintyKDConfig)
+
+    def __post_init__(self) -> None:
+        if self.uncertainty.enabled and self.ot.weight == 0:
+            raise ValueError("uncertainty.enabled scales the teacher's OT masses: it needs ot.weight > 0")
 
     @property
     def active(self) -> bool:
@@ -520,6 +538,11 @@ def _convert(tp: Any, value: Any, *, source: str, key: str) -> Any:
             raise ConfigError(f"{source}: '{key}' must be an integer, got {_describe(value)}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: '{key}' must be a number, got {_describe(value)}")
         return float(value)

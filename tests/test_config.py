@@ -114,3 +114,11 @@ def test_resolved_config_round_trip(tmp_path):
     saved = save_config(cfg, tmp_path / "out" / "config.yaml")
     assert load_config(saved) == cfg
     assert to_dict(cfg)["model"]["geo_head"]["widths"] == [256] * 7
+
+
+def test_exponent_without_a_dot_is_a_number():
+    # YAML 1.1 reads 1e-3 as a string; numeric fields take it as the number it means
+    cfg = load_config(None, ["train.lr=1e-3", "kd.feature.adapter_lr=5E-6"])
+    assert cfg.train.lr == 1e-3 and cfg.kd.feature.adapter_lr == 5e-6
+    with pytest.raises(ConfigError, match="'train.lr' must be a number"):
+        load_config(None, ["train.lr=fast"])

@@ -2,8 +2,11 @@
 
 import importlib.util
 import itertools
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -101,6 +104,24 @@ def test_ot_moves_student_points_towards_the_teacher():
         ot_distillation_loss(WeightedPoints(points, student.masses), teacher).backward()
         optimizer.step()
     assert ot_distillation_loss(WeightedPoints(points, student.masses), teacher).item() < 0.25 * start
+
+
+def test_masses_below_zero_still_get_gradient_and_unbalanced_ot_keeps_empty_student_sets():
+    mask = torch.full((2, 1, 8, 8), -0.2, requires_grad=True)  # an untrained head predicts ~0 or below
+    student = local_prediction_points(torch.rand(2, 3, 8, 8), mask, "pool", grid=4)
+    assert student.masses.sum() == 0
+    _, teacher = random_sets(batch=2, m=16)
+    ot_distillation_loss(student, teacher, reach=0.5).backward()
+    assert torch.isfinite(mask.grad).all() and mask.grad.abs().sum() > 0
+    assert ot_distillation_loss(student, teacher, reach=None).item() == 0.0  # balanced OT cannot normalize it
+
+
+def test_automatic_temperature_is_the_mean_visible_variance():
+    xyz = torch.rand(4, 1, 3, 8, 8)
+    mask = torch.ones(4, 1, 1, 8, 8)
+    result = ensemble_confidence(xyz, mask)
+    expected = torch.exp(-result.variance / result.variance.mean())
+    torch.testing.assert_close(result.confidence, expected)
 
 
 def test_ot_skips_rois_without_mass():
@@ -305,7 +326,42 @@ def test_an_ensemble_of_teachers_gives_confidence(teacher_checkpoints):
     distiller = build_distiller(cfg, student, torch.device("cpu"))
     images, classes, _, _ = student_batch(cfg)
     dense = distiller.teachers(images, classes).dense
-    assert dense.confidence.min() < 1.0 and dense.confidence.max() <= 1.0
+    assert dense.confidence.min() < 1.0  # two differently initialised teachers disagree somewhere
+    with torch.no_grad():
+        members = [m.dense_predictions(m.extract_features(images.flip(1)), classes) for m in distiller.teachers.models]
+    torch.testing.assert_close(dense.xyz, (members[0][2] + members[1][2]) / 2)
+
+
+def test_with_one_teacher_the_clean_crop_gives_the_targets_and_copies_the_confidence(teacher_checkpoints):
+    paths, _ = teacher_checkpoints
+    cfg = tiny_cfg("kd.ot.weight=1", "kd.uncertainty.enabled=true", "kd.uncertainty.feature_weight=1",
+                   "kd.uncertainty.tta_samples=3", f"kd.teachers=[{paths[0]}]")
+    distiller = build_distiller(cfg, GDRNPoseNet.from_config(cfg.model), torch.device("cpu"))
+    model = distiller.teachers.models[0]
+    images, classes, _, _ = student_batch(cfg)
+    outputs = distiller.teachers(images, classes)
+    with torch.no_grad():
+        features = model.extract_features(images.flip(1))
+        mask, _, xyz, _ = model.dense_predictions(features, classes)
+    torch.testing.assert_close(outputs.features, features)
+    torch.testing.assert_close(outputs.dense.xyz, xyz)
+    torch.testing.assert_close(outputs.dense.mask, mask)
+    assert outputs.dense.confidence.min() < 1.0
+    assert not outputs.features.requires_grad and not outputs.dense.xyz.requires_grad
+
+
+def test_the_embedded_config_wins_over_the_fallback(teacher_checkpoints, tmp_path):
+    paths, _ = teacher_checkpoints
+    fallback = save_config(tiny_cfg(), tmp_path / "student.yaml")
+    _, cfg = load_teacher(paths[0], fallback)
+    assert cfg.input.channel_order == "RGB" and cfg.backbone.name == "test_resnet"
+
+
+def test_a_fallback_config_takes_the_students_class_count(teacher_checkpoints, tmp_path):
+    paths, bare = teacher_checkpoints
+    teacher_yaml = save_config(tiny_cfg(*TEACHER_OVERRIDES, "model.num_classes=1"), tmp_path / "teacher.yaml")
+    _, cfg = load_teacher(bare, teacher_yaml, num_classes=3)
+    assert cfg.num_classes == 3
 
 
 def test_a_teacher_that_does_not_match_its_config_is_refused(teacher_checkpoints, tmp_path):
@@ -314,7 +370,7 @@ def test_a_teacher_that_does_not_match_its_config_is_refused(teacher_checkpoints
         load_teacher(bare)
     wrong = save_config(tiny_cfg(), tmp_path / "wrong.yaml")  # the student's narrower head, not the teacher's
     with pytest.raises(CheckpointError) as err:
-        load_teacher(bare, wrong)
+        load_teacher(bare, wrong, num_classes=3)
     message = str(err.value)
     assert f"teacher {bare}" in message and "do not match" in message and str(wrong) in message
     assert "geo_head_net" in message  # names the mismatching keys
@@ -327,6 +383,37 @@ def test_distillation_without_a_teacher_or_with_another_class_count_is_refused(t
     cfg = tiny_cfg("kd.ot.weight=1", "model.num_classes=5", f"kd.teachers=[{paths[0]}]")
     with pytest.raises(ConfigError, match="predicts 3 classes, the student 5"):
         build_distiller(cfg, GDRNPoseNet.from_config(cfg.model), torch.device("cpu"))
+    cfg = tiny_cfg("kd.ot.weight=1", "kd.ot.grid=12", f"kd.teachers=[{paths[0]}]")
+    with pytest.raises(ConfigError, match="must divide the 32×32 output"):
+        build_distiller(cfg, GDRNPoseNet.from_config(cfg.model), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("kd.uncertainty.enabled=true", "needs ot.weight > 0"),
+    ("kd.ot.weight=-1", "weight must be >= 0"),
+    ("kd.feature.adapter_lr=0", "adapter_lr > 0"),
+])
+def test_bad_kd_settings_are_refused_on_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_cfg(override)
+
+
+def test_the_students_masks_get_gradient_from_ot_unless_detached(teacher_checkpoints):
+    paths, _ = teacher_checkpoints
+    for detach in (False, True):
+        cfg = tiny_cfg("kd.ot.weight=5", "kd.ot.grid=8", f"kd.ot.detach_masses={str(detach).lower()}",
+                       f"kd.teachers=[{paths[0]}]")
+        torch.manual_seed(0)
+        student = GDRNPoseNet.from_config(cfg.model)
+        distiller = build_distiller(cfg, student, torch.device("cpu"))
+        images, classes, coords, extents = student_batch(cfg)
+        out = student(images, classes, coords, extents)
+        out.visible_mask.retain_grad()
+        out.xyz.retain_grad()
+        distiller(images, classes, out)["kd_ot"].backward()
+        assert out.xyz.grad.abs().sum() > 0
+        mask_grad = out.visible_mask.grad
+        assert (mask_grad is not None and mask_grad.abs().sum() > 0) != detach
 
 
 # --- the tool --------------------------------------------------------------------------------
@@ -352,9 +439,49 @@ def test_distill_tool_trains_logs_each_term_and_saves_the_student_alone(tiny_dat
     assert set(final["model"]) == set(student.state_dict())
     last = read_checkpoint(out / "last_checkpoint.pth")
     assert "adapter.weight" in last["distiller"]
-    assert final["config"]["kd"]["teachers"] == [str(paths[0])]
-    resumed = run_distill(*args, "--resume")  # finished: loads everything, trains nothing more
+    assert final["distillation"]["teachers"] == [str(paths[0])]  # a record ...
+    assert final["config"]["kd"]["feature"]["weight"] == 0  # ... but fine-tuning its config distils nothing
+
+
+def test_distillation_resumes_after_a_kill_like_an_uninterrupted_run(tiny_dataset, teacher_checkpoints, tmp_path):
+    paths, _ = teacher_checkpoints
+    common = ["--teacher", str(paths[0]), "--data", str(tiny_dataset), *TINY_TRAIN_OVERRIDES, "train.iterations=6",
+              "train.checkpoint_period=2", "kd.feature.weight=1", "kd.feature.adapter_lr=1e-3",
+              "kd.ot.weight=5", "kd.ot.grid=8"]
+    full = run_distill("--out", str(tmp_path / "full"), *common)
+    assert full.returncode == 0, full.stderr[-3000:]
+    cmd = [sys.executable, str(REPO / "tools/distill.py"), "--config", str(REPO / "configs/p.yaml"), "--no-progress",
+           "--out", str(tmp_path / "killed"), *common]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "last_checkpoint.pth"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists() and read_checkpoint(checkpoint)["iteration"] >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= read_checkpoint(checkpoint)["iteration"] < 6
+    resumed = run_distill("--out", str(tmp_path / "killed"), *common, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in ("model_final.pth", "last_checkpoint.pth"):
+        a, b = (read_checkpoint(tmp_path / run / name) for run in ("full", "killed"))
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), key
+    adapters = [read_checkpoint(tmp_path / run / "last_checkpoint.pth")["distiller"] for run in ("full", "killed")]
+    assert torch.equal(adapters[0]["adapter.weight"], adapters[1]["adapter.weight"])
+
+
+def test_distillation_with_two_gloo_processes(tiny_dataset, teacher_checkpoints, tmp_path):
+    paths, _ = teacher_checkpoints
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(REPO / "tools/distill.py"),
+           "--config", str(REPO / "configs/p.yaml"), "--teacher", str(paths[0]), "--data", str(tiny_dataset),
+           "--out", str(tmp_path / "ddp"), "--no-progress", *TINY_TRAIN_OVERRIDES, "train.iterations=2",
+           "kd.feature.weight=1", "kd.ot.weight=5", "kd.ot.grid=8"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_checkpoint(tmp_path / "ddp" / "model_final.pth")["iteration"] == 2
 
 
 def test_distill_tool_needs_a_term_and_has_examples(tiny_dataset, teacher_checkpoints, tmp_path):
@@ -364,3 +491,20 @@ def test_distill_tool_needs_a_term_and_has_examples(tiny_dataset, teacher_checkp
     assert "Traceback" not in result.stderr
     help_text = run_distill("--help").stdout
     assert "Examples:" in help_text and "kd.ot.weight" in help_text
+
+
+def test_kd_study_trains_evaluates_and_tabulates(tiny_dataset, tmp_path):
+    out = tmp_path / "study"
+    cmd = [sys.executable, str(REPO / "benchmarks/kd_study.py"), "--data", str(tiny_dataset), "--out", str(out),
+           "--kinds", "plain,ot", "--iterations", "2", "--teacher-iterations", "2", "--batch", "4",
+           "--workers", "0", *[o for o in TINY_TRAIN_OVERRIDES if not o.startswith("train.batch_size")],
+           "kd.ot.grid=8"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in (out / "kd_study.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| model")}
+    assert set(rows) == {"teacher", "plain", "ot"}
+    for line in rows.values():
+        cells = [c.strip() for c in line.strip("|").split("|")[1:]]
+        assert all(float(c) >= 0 for c in cells)  # every metric and s/iter was measured
+    assert "kd_ot" in (out / "ot_seed0" / "metrics.csv").read_text().splitlines()[0]

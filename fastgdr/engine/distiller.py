@@ -11,7 +11,7 @@ to the GDRNPP losses and logs separately.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,28 +33,35 @@ from fastgdr.models import GDRNPoseNet
 from fastgdr.models.pose_net import PoseNetOutput
 
 
-def load_teacher(checkpoint: str | Path, config: str | Path | None = None) -> tuple[GDRNPoseNet, ModelConfig]:
+def load_teacher(
+    checkpoint: str | Path, fallback_config: str | Path | None = None, num_classes: int | None = None
+) -> tuple[GDRNPoseNet, ModelConfig]:
     """A frozen teacher in eval mode, loaded strictly.
 
-    fastgdr checkpoints carry their config; official GDRNPP checkpoints need ``config``
-    (e.g. configs/bm.yaml with the dataset's ``model.num_classes``).
+    fastgdr checkpoints carry their config (input convention included) and it is always
+    the one used. Checkpoints without one (official GDRNPP) are described by
+    ``fallback_config`` (e.g. configs/bm.yaml), with ``num_classes`` (the student's) set.
 
     Raises:
         CheckpointError: the file is unreadable, carries no config and none was given, or
             its weights do not match the config (the message lists the keys).
     """
     state = read_checkpoint(checkpoint)
-    if config is not None:
-        model_cfg = load_config(config).model
-        described_by = str(config)
-    elif isinstance(state.get("config"), dict):
+    if isinstance(state.get("config"), dict):
         model_cfg = from_dict(Config, state["config"], source=f"{checkpoint} (embedded config)").model
         described_by = "its embedded config"
+    elif fallback_config is not None:
+        model_cfg = load_config(fallback_config).model
+        if num_classes is not None:
+            model_cfg = replace(model_cfg, num_classes=num_classes)
+        described_by = str(fallback_config)
     else:
         raise CheckpointError(
             f"teacher {checkpoint} carries no config (an official GDRNPP checkpoint?): "
             "set kd.teacher_config (tools/distill.py --teacher-config), e.g. configs/bm.yaml"
         )
+    # the backbone's ImageNet file is not needed (and may not exist here): the checkpoint has it all
+    model_cfg = replace(model_cfg, backbone=replace(model_cfg.backbone, pretrained=None))
     model = GDRNPoseNet.from_config(model_cfg, init_heads=False)
     try:
         load_weights(model, state, strict=True, source=f"teacher {checkpoint}")
@@ -69,10 +76,11 @@ class TeacherOutputs:
     """What the teachers say about one batch of crops.
 
     Attributes:
-        features: [B, C_t, h, w] backbone features of the first teacher (None when no
-            feature term is on).
-        dense: coordinates and visible mask (the ensemble mean when there are several
-            members) with their per-cell confidence; None when no prediction term is on.
+        features: [B, C_t, h, w] backbone features of the first teacher on the unperturbed
+            crop (None when no feature term is on).
+        dense: coordinates and visible mask — the mean over several teachers, the first
+            teacher's on the unperturbed crop otherwise — with their per-cell confidence
+            (1 without an uncertainty estimate); None when no prediction term is on.
     """
 
     features: Tensor | None
@@ -139,14 +147,19 @@ class TeacherEnsemble:
             ones = torch.ones_like(mask)
             return TeacherOutputs(features, EnsemblePrediction(xyz, mask, torch.zeros_like(mask), ones))
         dense = ensemble_confidence(torch.stack(member_xyz), torch.stack(member_mask), self.kd.uncertainty.temperature)
+        if len(self.models) == 1:  # perturbed copies only estimate the uncertainty of the clean crop's prediction
+            dense = replace(dense, xyz=member_xyz[0], mask=member_mask[0])
         return TeacherOutputs(features, dense)
 
     def _member_inputs(self, images: Tensor) -> list[tuple[GDRNPoseNet, Tensor]]:
-        """(model, crops) per ensemble member: every teacher once, or — with one teacher
-        and an uncertainty estimate to make — the crop and perturbed copies of it."""
+        """(model, crops) per pass: the first teacher alone when only its features are
+        needed; every teacher once; or — one teacher with an uncertainty estimate to make —
+        the crop and perturbed copies of it (the clean crop first)."""
         def in_order(model_index: int, crops: Tensor) -> Tensor:
             return crops.flip(1) if self.flip_channels[model_index] else crops
 
+        if not self.needs_dense:
+            return [(self.models[0], in_order(0, images))]
         if len(self.models) > 1 or not self.needs_confidence:
             return [(model, in_order(i, images)) for i, model in enumerate(self.models)]
         uncertainty = self.kd.uncertainty
@@ -166,11 +179,10 @@ def photometric_perturbation(images: Tensor, strength: float) -> Tensor:
     return (images * contrast + brightness + noise).clamp(0.0, 1.0)
 
 
-def build_feature_adapter(student_channels: int, teacher_channels: int) -> nn.Module:
+def build_feature_adapter(student_channels: int, teacher_channels: int) -> nn.Conv2d:
     """FAST GDRNPP's adapter: a 1×1 conv (with bias, Kaiming fan-out init, zero bias) from
-    the student's to the teacher's channels; the identity when the counts already match."""
-    if student_channels == teacher_channels:
-        return nn.Identity()
+    the student's to the teacher's channels. Unlike FAST GDRNPP's code it is built for
+    equal channel counts too: equal widths (R34 and P, S and T) do not align channels."""
     adapter = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
     nn.init.kaiming_normal_(adapter.weight, mode="fan_out", nonlinearity="relu")
     nn.init.zeros_(adapter.bias)
@@ -235,6 +247,15 @@ def build_distiller(cfg: Config, student: GDRNPoseNet, device: torch.device) -> 
             "distillation weights are set (kd.*.weight > 0) but kd.teachers is empty: "
             "name the teacher checkpoints (tools/distill.py --teacher T.pth)"
         )
-    loaded = [load_teacher(path, kd.teacher_config) for path in kd.teachers]
+    output_size = cfg.model.input_res // student.backbone_info.stride * 8
+    if kd.ot.weight > 0 and kd.ot.sampling == "pool" and output_size % kd.ot.grid != 0:
+        raise ConfigError(f"kd.ot.grid={kd.ot.grid} must divide the {output_size}×{output_size} output of the student")
+    loaded = [load_teacher(path, kd.teacher_config, cfg.model.num_classes) for path in kd.teachers]
+    for path, (model, _) in zip(kd.teachers, loaded):
+        if model.backbone_info.stride != student.backbone_info.stride:
+            raise ConfigError(
+                f"teacher {path} has stride-{model.backbone_info.stride} features, the student stride "
+                f"{student.backbone_info.stride}: feature maps must have the same size"
+            )
     teachers = TeacherEnsemble([m for m, _ in loaded], [c for _, c in loaded], cfg.model, kd).to(device)
     return Distiller(kd, teachers, student.backbone_info.channels).to(device)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fastgdr.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from fastgdr.config import Config, save_config, to_dict
+from fastgdr.config import Config, KDConfig, save_config, to_dict
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import DATASET_CARDS, detect_card
 from fastgdr.data.mesh import load_ply
@@ -292,7 +292,10 @@ def train(
     if dist_info.is_main:
         logger.close()
         extra = {"pruning": pruning_record} if pruning_record is not None else {}
-        save_checkpoint(final, model, config=to_dict(cfg), iteration=iteration, **extra)
+        if cfg.kd.active:  # a record of how it was trained; the student's own config distils nothing
+            extra["distillation"] = to_dict(cfg.kd)
+        student_cfg = replace(cfg, kd=KDConfig())
+        save_checkpoint(final, model, config=to_dict(student_cfg), iteration=iteration, **extra)
     if dist_info.world_size > 1:
         dist.barrier()
     return TrainResult(final, iteration, losses_float)

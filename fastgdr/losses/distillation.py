@@ -29,7 +29,8 @@ from torch import Tensor
 from fastgdr._compat import import_optional
 
 FEATURE_EPS = 1e-5  # FAST GDRNPP's (f - mean) / (std + 1e-5)
-MIN_SET_MASS = 1e-4  # ROIs whose teacher or student set weighs less are left out of the OT mean
+MIN_POINT_MASS = 1e-8  # log(0) in the solver would turn gradients into NaN
+MIN_SET_MASS = 1e-4  # ROIs whose (teacher) set weighs less are left out of the OT mean
 
 
 def standardize_spatial(features: Tensor, eps: float = FEATURE_EPS) -> Tensor:
@@ -85,7 +86,8 @@ def local_prediction_points(
     Args:
         xyz: [B, 3, s, s] predicted normalized object coordinates.
         mask: [B, 1, s, s] predicted visible-mask values; clipped to [0, 1] as masses
-            (GDRNPP's L1-trained masks estimate the probability directly).
+            (GDRNPP's L1-trained masks estimate the probability directly). The clip passes
+            gradients straight through, so cells predicted below 0 can still gain mass.
         sampling: ``pool`` averages grid×grid blocks of s/grid cells (coordinates
             weighted by the mask, mass = mean mask); ``topk`` keeps the ``topk`` cells
             with the largest mask values.
@@ -96,7 +98,7 @@ def local_prediction_points(
         (at most 1 per ROI).
     """
     batch, _, size, _ = xyz.shape
-    cell_mass = mask.clamp(0.0, 1.0)
+    cell_mass = mask + (mask.clamp(0.0, 1.0) - mask).detach()
     if sampling == "pool":
         if size % grid != 0:
             raise ValueError(f"the pooling grid {grid} must divide the output size {size}")
@@ -139,9 +141,12 @@ def sinkhorn_divergence(
 
 
 def _measure_weights(masses: Tensor, reach: float | None) -> Tensor:
+    """geomloss's weights: masses floored at MIN_POINT_MASS (the solver takes their log;
+    the floor passes gradients through), normalized to sum 1 for balanced OT."""
+    floored = masses + (masses.clamp_min(MIN_POINT_MASS) - masses).detach()
     if reach is not None:
-        return masses
-    return masses / masses.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return floored
+    return floored / floored.sum(dim=1, keepdim=True)
 
 
 def sinkhorn_divergence_reference(
@@ -177,13 +182,16 @@ def ot_distillation_loss(
     reach: float | None = None,
     scaling: float = 0.5,
 ) -> Tensor:
-    """Mean Sinkhorn divergence over the ROIs whose sets both carry mass (0 if none does).
+    """Mean Sinkhorn divergence over the ROIs whose teacher set carries mass (0 if none
+    does); balanced OT also needs mass in the student's set, to normalize it.
 
     The teacher's set is a constant target; the student's points and masses receive
     gradient (detach ``student.masses`` beforehand to distil coordinates only).
     """
     teacher = WeightedPoints(teacher.points.detach(), teacher.masses.detach())
-    valid = (student.masses.sum(1) > MIN_SET_MASS) & (teacher.masses.sum(1) > MIN_SET_MASS)
+    valid = teacher.masses.sum(1) > MIN_SET_MASS
+    if reach is None:
+        valid &= student.masses.sum(1) > MIN_SET_MASS
     if not bool(valid.any()):
         return student.points.sum() * 0.0
     divergence = sinkhorn_divergence(
