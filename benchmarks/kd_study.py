@@ -12,14 +12,13 @@ Stages (each a real tool run; a re-run skips finished ones): train the teacher (
 --teacher), train one student per kind and seed (tools/train.py for "plain",
 tools/distill.py otherwise), run tools/test.py on the test split from the dataset's
 detections for the teacher and every student, then write OUT/kd_study.md: per kind the AR
-(VSD/MSSD/MSPD), ADD(-S) recall at 0.1 d, the seeds' mean and spread (min–max), and the
-measured training time per iteration.
+(VSD/MSSD/MSPD), ADD(-S) recall at 0.1 d, and the seeds' mean and spread (min–max). The cost
+of a distillation step is measured apart, on an idle machine: benchmarks/bench_distill.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from pathlib import Path
@@ -112,18 +111,9 @@ def read_scores(run: Path) -> dict[str, float]:
     return json.loads((run / "eval" / "scores_bop19.json").read_text())
 
 
-def seconds_per_iteration(run: Path) -> float | None:
-    """Median logged seconds per iteration of a run (None without a training log)."""
-    path = run / "metrics.csv"
-    if not path.exists():
-        return None
-    values = [float(row["sec_per_iter"]) for row in csv.DictReader(path.open()) if row.get("sec_per_iter")]
-    return statistics.median(values) if values else None
-
-
 def summarize(args: argparse.Namespace, kinds: list[str], seeds: list[int]) -> str:
     """Write OUT/kd_study.md and return it."""
-    header = "| model | " + " | ".join(label for label, _ in METRICS) + " | s/iter |"
+    header = "| model | " + " | ".join(label for label, _ in METRICS) + " |"
     lines = [
         f"# Distillation study on {args.data}",
         "",
@@ -133,12 +123,10 @@ def summarize(args: argparse.Namespace, kinds: list[str], seeds: list[int]) -> s
         "Cells show the mean over seeds and, with several seeds, the min–max range.",
         "",
         header,
-        "|" + "---|" * (len(METRICS) + 2),
+        "|" + "---|" * (len(METRICS) + 1),
     ]
-    teacher_dir = args.out / "teacher"
-    teacher_scores = read_scores(teacher_dir)
-    lines.append("| teacher | " + " | ".join(f"{teacher_scores[key]:.3f}" for _, key in METRICS)
-                 + f" | {format_seconds(seconds_per_iteration(teacher_dir))} |")
+    teacher_scores = read_scores(args.out / "teacher")
+    lines.append("| teacher | " + " | ".join(f"{teacher_scores[key]:.3f}" for _, key in METRICS) + " |")
     for kind in kinds:
         runs = [args.out / f"{kind}_seed{seed}" for seed in seeds]
         scores = [read_scores(run) for run in runs]
@@ -147,17 +135,12 @@ def summarize(args: argparse.Namespace, kinds: list[str], seeds: list[int]) -> s
             values = [s[key] for s in scores]
             spread = f" ({min(values):.3f}–{max(values):.3f})" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.3f}{spread}")
-        times = [t for t in map(seconds_per_iteration, runs) if t is not None]
-        lines.append(f"| {kind} | " + " | ".join(cells) + f" | {format_seconds(statistics.mean(times) if times else None)} |")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines += ["", "Distillation settings: " + "; ".join(
         f"{kind}: {' '.join(KIND_OVERRIDES[kind]) or '(none)'}" for kind in kinds)]
     text = "\n".join(lines) + "\n"
     (args.out / "kd_study.md").write_text(text)
     return text
-
-
-def format_seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -378,9 +378,7 @@ def apply_pruning(model: GDRNPoseNet, cfg_model: ModelConfig, plan: PruningPlan)
         cut("pnp_net.fc2.bias", 0, keep2)
         cut("pnp_net.fc_r.weight", 1, keep2)
         cut("pnp_net.fc_t.weight", 1, keep2)
-    # Weights come from the state dict: don't read the backbone's pretrained file.
-    build_cfg = replace(new_cfg, backbone=replace(new_cfg.backbone, pretrained=None))
-    pruned = GDRNPoseNet.from_config(build_cfg, init_heads=False)
+    pruned = GDRNPoseNet.from_config(new_cfg, init_heads=False, read_pretrained=False)
     pruned.load_state_dict(cut.state, strict=True)
     device = next(model.parameters()).device
     return pruned.to(device).train(model.training), new_cfg

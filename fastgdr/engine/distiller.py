@@ -60,9 +60,7 @@ def load_teacher(
             f"teacher {checkpoint} carries no config (an official GDRNPP checkpoint?): "
             "set kd.teacher_config (tools/distill.py --teacher-config), e.g. configs/bm.yaml"
         )
-    # the backbone's ImageNet file is not needed (and may not exist here): the checkpoint has it all
-    model_cfg = replace(model_cfg, backbone=replace(model_cfg.backbone, pretrained=None))
-    model = GDRNPoseNet.from_config(model_cfg, init_heads=False)
+    model = GDRNPoseNet.from_config(model_cfg, init_heads=False, read_pretrained=False)
     try:
         load_weights(model, state, strict=True, source=f"teacher {checkpoint}")
     except CheckpointError as exc:

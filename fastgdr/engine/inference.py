@@ -53,7 +53,7 @@ def load_model(
             f"{checkpoint} carries no config (an official GDRNPP checkpoint?): pass --config, "
             "e.g. configs/bm.yaml with model.num_classes=<objects>"
         )
-    model = GDRNPoseNet.from_config(cfg.model, init_heads=False)
+    model = GDRNPoseNet.from_config(cfg.model, init_heads=False, read_pretrained=False)
     load_weights(model, state, strict=True, source=str(checkpoint))
     return model.eval(), cfg
 

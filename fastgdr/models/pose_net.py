@@ -78,15 +78,16 @@ class GDRNPoseNet(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), False)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, init_heads: bool = True) -> "GDRNPoseNet":
+    def from_config(cls, cfg: ModelConfig, init_heads: bool = True, read_pretrained: bool = True) -> "GDRNPoseNet":
         """Build the network a :class:`~fastgdr.config.ModelConfig` describes.
 
         Args:
             init_heads: apply GDRNPP's training initialisation to the head and Patch-PnP.
+            read_pretrained: load ``cfg.backbone.pretrained``; False when every weight
+                will come from a checkpoint (the ImageNet file need not exist then).
         """
-        backbone, info = build_backbone(
-            cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.out_index, cfg.input_res
-        )
+        pretrained = cfg.backbone.pretrained if read_pretrained else None
+        backbone, info = build_backbone(cfg.backbone.name, pretrained, cfg.backbone.out_index, cfg.input_res)
         geo_head = GeometricHead(
             info.channels,
             cfg.geo_head.widths,
