@@ -102,7 +102,7 @@ def main() -> int:
             stages.append(Stage(f"train {name}", tool, (*extra, *common), (args.out / name / "model_final.pth",)))
             stages.append(test_stage(name, args.out / name / "model_final.pth"))
     run_pipeline(stages, args.out / "logs")
-    table = summarize(args, kinds, seeds)
+    table = summarize(args, kinds)
     print(table)
     return 0
 
@@ -111,31 +111,37 @@ def read_scores(run: Path) -> dict[str, float]:
     return json.loads((run / "eval" / "scores_bop19.json").read_text())
 
 
-def summarize(args: argparse.Namespace, kinds: list[str], seeds: list[int]) -> str:
-    """Write OUT/kd_study.md and return it."""
-    header = "| model | " + " | ".join(label for label, _ in METRICS) + " |"
+def evaluated_seeds(out: Path, kind: str) -> list[int]:
+    """Seeds of the evaluated ``{kind}_seed{N}`` runs in ``out`` (earlier invocations included)."""
+    prefix = f"{kind}_seed"
+    return sorted(int(path.parent.parent.name[len(prefix):]) for path in out.glob(f"{prefix}*/eval/scores_bop19.json"))
+
+
+def summarize(args: argparse.Namespace, kinds: list[str]) -> str:
+    """Write OUT/kd_study.md over every evaluated seed of each kind and return it."""
+    header = "| model | seeds | " + " | ".join(label for label, _ in METRICS) + " |"
     lines = [
         f"# Distillation study on {args.data}",
         "",
-        f"Student {args.config.name} at {args.input_res} px, {args.iterations} iterations × batch {args.batch}, "
-        f"seeds {', '.join(map(str, seeds))}; teacher {args.teacher or args.teacher_config.name} "
+        f"Student {args.config.name} at {args.input_res} px, {args.iterations} iterations × batch {args.batch}; "
+        f"teacher {args.teacher or args.teacher_config.name} "
         f"({'given' if args.teacher else f'{args.teacher_iterations} iterations, seed 0'}). "
-        "Cells show the mean over seeds and, with several seeds, the min–max range.",
+        "Cells show the mean over the seeds and, with several seeds, the min–max range.",
         "",
         header,
-        "|" + "---|" * (len(METRICS) + 1),
+        "|" + "---|" * (len(METRICS) + 2),
     ]
     teacher_scores = read_scores(args.out / "teacher")
-    lines.append("| teacher | " + " | ".join(f"{teacher_scores[key]:.3f}" for _, key in METRICS) + " |")
+    lines.append("| teacher | 0 | " + " | ".join(f"{teacher_scores[key]:.3f}" for _, key in METRICS) + " |")
     for kind in kinds:
-        runs = [args.out / f"{kind}_seed{seed}" for seed in seeds]
-        scores = [read_scores(run) for run in runs]
+        seeds = evaluated_seeds(args.out, kind)
+        scores = [read_scores(args.out / f"{kind}_seed{seed}") for seed in seeds]
         cells = []
         for _, key in METRICS:
             values = [s[key] for s in scores]
             spread = f" ({min(values):.3f}–{max(values):.3f})" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.3f}{spread}")
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+        lines.append(f"| {kind} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     lines += ["", "Distillation settings: " + "; ".join(
         f"{kind}: {' '.join(KIND_OVERRIDES[kind]) or '(none)'}" for kind in kinds)]
     text = "\n".join(lines) + "\n"

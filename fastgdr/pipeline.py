@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 from fastgdr.errors import FastGDRError
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
+DEMO_DISTILLATION = ("kd.feature.weight=1", "kd.ot.weight=5")  # FAST GDRNPP's feature MSE + ADLP's OT
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -45,26 +46,53 @@ class Stage:
 
 @dataclass(frozen=True)
 class DemoBudget:
-    """Sizes of the demo; ``QUICK`` is the variant the test suite runs."""
+    """Sizes of the demo; ``QUICK`` is the variant the test suite runs.
+
+    Attributes:
+        input_res: crop size of every trained and benchmarked model (GDRNPP: 256; the CPU
+            demo uses 128 to afford a teacher, two students, pruning and distillation).
+        teacher_iterations, student_iterations: training iterations at ``batch_size``;
+            P28's fine-tuning gets 3/8 of the student budget (FAST GDRNPP: 15 of 40 epochs).
+        seeds: training seeds of the compared P and distilled-P students.
+    """
 
     objects: int
     train_images: int
     test_images: int
     width: int
     height: int
-    train_iterations: int
+    input_res: int
+    teacher_iterations: int
+    student_iterations: int
     batch_size: int
+    seeds: tuple[int, ...] = (0, 1)
     presets: str = "all"
     bench_configs: str = "bm,n,n28,p,p28"
     bench_rois: str = "1,8"
     latency_repeats: int = 15
-    seed: int = 0
+
+    def describe(self) -> str:
+        """The budget as a markdown paragraph for the report."""
+        return (
+            f"Demo budget: synthetic dataset of {self.objects} objects, {self.train_images} training and "
+            f"{self.test_images} test images ({self.width}×{self.height}); {self.input_res} px crops (GDRNPP: 256); "
+            f"batch {self.batch_size}; teacher (N preset) {self.teacher_iterations} iterations, seed 0; N and P students "
+            f"{self.student_iterations} iterations; P and distilled P (feature MSE ×1 + OT on local predictions ×5 "
+            f"from the teacher) with seeds {', '.join(map(str, self.seeds))}; P28 = P (seed {self.seeds[0]}) pruned "
+            f"(geometric head D=28, Patch-PnP D=16) and fine-tuned {self.student_iterations * 3 // 8} iterations. "
+            "Backbones start from random weights (nothing can be downloaded), so accuracies are far below the paper's; "
+            "compare runs with each other and with the seed spread below."
+        )
 
 
-FULL = DemoBudget(objects=4, train_images=400, test_images=50, width=640, height=480, train_iterations=240, batch_size=8)
+FULL = DemoBudget(
+    objects=4, train_images=400, test_images=50, width=640, height=480, input_res=128,
+    teacher_iterations=400, student_iterations=200, batch_size=8,
+)
 QUICK = DemoBudget(
-    objects=2, train_images=16, test_images=4, width=320, height=240, train_iterations=4, batch_size=4,
-    presets="P", bench_configs="p,p28", bench_rois="1", latency_repeats=3,
+    objects=2, train_images=16, test_images=4, width=320, height=240, input_res=128,
+    teacher_iterations=4, student_iterations=4, batch_size=4, presets="P", bench_configs="p,p28",
+    bench_rois="1", latency_repeats=3,
 )
 
 
@@ -85,19 +113,33 @@ class PipelineResult:
 
 
 def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
-    """Synthetic data → P trained for the CPU budget and an untrained P → P pruned to P28 and
-    fine-tuned (FAST GDRNPP's 15 of 40 epochs: 3/8 of the budget) → inference from the
-    detections and BOP evaluation of every model, with GDRNPP's fast depth refinement for P
-    and P28 (the "-R" configurations) → latency benchmark → model report of the presets →
-    summary table and speed/accuracy plot."""
+    """Synthetic data → a teacher (N), N and P students (P with every seed) and an untrained
+    P → P pruned to P28 and fine-tuned → P distilled from the teacher (every seed) →
+    inference from the detections and BOP evaluation of every model, with GDRNPP's fast
+    depth refinement for P and P28 (the "-R" configurations) → latency benchmark at the
+    demo's crop size → model report of the presets → summary table, seed spread and
+    speed/accuracy plot."""
     data = out / "data" / "synth"
     detections = data / "detections" / "synth_default_detections_test.json"
+    first_seed = budget.seeds[0]
 
-    def train_args(iterations: int) -> tuple[str, ...]:
+    def train_args(iterations: int, seed: int) -> tuple[str, ...]:
         return (
-            f"train.iterations={iterations}", f"train.batch_size={budget.batch_size}", f"train.seed={budget.seed}",
+            f"model.input_res={budget.input_res}", f"train.iterations={iterations}",
+            f"train.batch_size={budget.batch_size}", f"train.seed={seed}",
             f"train.warmup_iters={max(1, iterations // 10)}", f"train.checkpoint_period={max(1, iterations // 6)}",
             "train.log_period=10", "data.num_workers=1",
+        )
+
+    def train_stage(
+        name: str, config: str, iterations: int, seed: int, tool: str = "train.py",
+        tool_args: tuple[str, ...] = (), overrides: tuple[str, ...] = (),
+    ) -> Stage:
+        return Stage(
+            f"train {name}", tool,
+            (*tool_args, "--config", str(CONFIGS / config), "--data", str(data), "--out", str(out / name),
+             "--no-progress", *train_args(iterations, seed), *overrides),
+            (out / name / "model_final.pth",),
         )
 
     def test_stage(name: str, checkpoint: Path, refine: str = "none") -> Stage:
@@ -109,38 +151,46 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
             (folder / "scores_bop19.json",),
         )
 
+    teacher = out / "teacher" / "model_final.pth"
+    p_first = f"p_seed{first_seed}"
     stages = [
         Stage(
             "synthetic data", "make_synthetic.py",
             ("--out", str(data), "--objects", str(budget.objects), "--train-images", str(budget.train_images),
              "--test-images", str(budget.test_images), "--width", str(budget.width), "--height", str(budget.height),
-             "--seed", str(budget.seed), "--overwrite"),
+             "--seed", str(first_seed), "--overwrite"),
             (data / "test_targets_bop19.json", detections),
-        )
+        ),
+        train_stage("teacher", "n.yaml", budget.teacher_iterations, first_seed),
+        train_stage("n", "n.yaml", budget.student_iterations, first_seed),
+        *[train_stage(f"p_seed{seed}", "p.yaml", budget.student_iterations, seed) for seed in budget.seeds],
+        train_stage("p_untrained", "p.yaml", 0, first_seed),
     ]
-    for name, iterations in (("p", budget.train_iterations), ("p_untrained", 0)):
-        stages.append(Stage(
-            f"train {name}", "train.py",
-            ("--config", str(CONFIGS / "p.yaml"), "--data", str(data), "--out", str(out / name), "--no-progress",
-             *train_args(iterations)),
-            (out / name / "model_final.pth",),
-        ))
     pruned = out / "p28" / "pruned.pth"
     stages.append(Stage(
         "prune p to p28", "prune.py",
-        ("--ckpt", str(out / "p" / "model_final.pth"), "--geo-d", "28", "--pnp-d", "16", "--out", str(pruned),
+        ("--ckpt", str(out / p_first / "model_final.pth"), "--geo-d", "28", "--pnp-d", "16", "--out", str(pruned),
          "--repeats", str(budget.latency_repeats)),
         (pruned, pruned.with_suffix(".yaml")),
     ))
     stages.append(Stage(
         "fine-tune p28", "train.py",
         ("--config", str(pruned.with_suffix(".yaml")), "--init", str(pruned), "--data", str(data),
-         "--out", str(out / "p28"), "--no-progress", *train_args(max(1, budget.train_iterations * 3 // 8))),
+         "--out", str(out / "p28"), "--no-progress",
+         *train_args(max(1, budget.student_iterations * 3 // 8), first_seed)),
         (out / "p28" / "model_final.pth",),
     ))
+    stages += [
+        train_stage(f"p_kd_seed{seed}", "p.yaml", budget.student_iterations, seed, tool="distill.py",
+                    tool_args=("--teacher", str(teacher)), overrides=DEMO_DISTILLATION)
+        for seed in budget.seeds
+    ]
     evaluated = {
-        "p": ("p", "none"), "p_untrained": ("p_untrained", "none"), "p_R": ("p", "fast"),
+        "teacher": ("teacher", "none"), "n": ("n", "none"),
+        **{f"p_seed{seed}": (f"p_seed{seed}", "none") for seed in budget.seeds},
+        "p_untrained": ("p_untrained", "none"), "p_R": (p_first, "fast"),
         "p28": ("p28", "none"), "p28_R": ("p28", "fast"),
+        **{f"p_kd_seed{seed}": (f"p_kd_seed{seed}", "none") for seed in budget.seeds},
     }
     for name, (model, refine) in evaluated.items():
         stages.append(test_stage(name, out / model / "model_final.pth", refine))
@@ -148,16 +198,18 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
     stages.append(Stage(
         "latency benchmark", "bench_latency.py",
         ("--configs", budget.bench_configs, "--rois", budget.bench_rois, "--repeats", str(budget.latency_repeats),
-         "--out", str(bench)),
+         "--out", str(bench), f"model.input_res={budget.input_res}"),
         (bench / "latency.json",),
     ))
     stages.append(Stage(
         "model report", "model_info.py", ("--presets", budget.presets, "--out", str(out / "model_info")),
         (out / "model_info" / "model_info.json",),
     ))
+    notes = out / "budget.md"
     stages.append(Stage(
         "summary", "report.py",
-        (*[str(out / name / "eval") for name in evaluated], str(bench), "--out", str(out / "report")),
+        (*[str(out / name / "eval") for name in evaluated], str(bench), "--notes", str(notes),
+         "--out", str(out / "report")),
         (out / "report" / "README.md",),
         always=True,
     ))

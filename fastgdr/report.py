@@ -27,6 +27,7 @@ image is added the same way.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -211,6 +212,34 @@ def markdown_table(runs: list[RunSummary], latency: Sequence[LatencyMatch | None
     return "\n".join(lines)
 
 
+SEED_SUFFIX = re.compile(r"^(?P<base>.+)_seed(?P<seed>\d+)$")
+SPREAD_COLUMNS = (("AR", "bop19_average_recall"), ("ADD(-S) 0.1d", "add_s_recall_0.10"))
+
+
+def seed_spread_markdown(runs: Sequence[RunSummary]) -> str | None:
+    """Mean and min–max over seeds of the runs named ``NAME_seedK``, one row per NAME
+    with at least two seeds; None when there is no such group."""
+    groups: dict[str, list[tuple[int, RunSummary]]] = {}
+    for run in runs:
+        match = SEED_SUFFIX.match(run.name)
+        if match:
+            groups.setdefault(match["base"], []).append((int(match["seed"]), run))
+    rows = []
+    for base, members in groups.items():
+        if len(members) < 2:
+            continue
+        cells = []
+        for _, key in SPREAD_COLUMNS:
+            values = [run.scores[key] for _, run in members if run.scores.get(key) is not None]
+            cells.append(f"{sum(values) / len(values):.3f} ({min(values):.3f}–{max(values):.3f})" if values else "–")
+        seeds = ", ".join(str(seed) for seed, _ in sorted(members, key=lambda m: m[0]))
+        rows.append(f"| {base} | {seeds} | " + " | ".join(cells) + " |")
+    if not rows:
+        return None
+    header = "| runs | seeds | " + " | ".join(f"{label} mean (min–max)" for label, _ in SPREAD_COLUMNS) + " |"
+    return "\n".join([header, "|" + "---|" * (len(SPREAD_COLUMNS) + 2), *rows])
+
+
 def targets_markdown(results: Sequence[TargetResult]) -> str:
     """The speed targets as a markdown table: target, ROIs, measured ratio, target, met."""
     lines = ["| target | ROIs | measured | target | met | note |", "|---|---|---|---|---|---|"]
@@ -314,8 +343,10 @@ def build_report(
     rois: int = 1,
     runtime: str = "torch",
     latency: LatencySource = "auto",
+    notes: str | None = None,
 ) -> Report:
-    """Write ``OUT/README.md`` (table, plot, latency notes, speed targets) and the plot.
+    """Write ``OUT/README.md`` (table, seed spread, plot, latency notes, speed targets)
+    and the plot.
 
     Args:
         runs: evaluated runs (:func:`read_eval_dir`).
@@ -325,6 +356,7 @@ def build_report(
         latency: the plot's x axis: ``"bench"`` (joined benchmark rows), ``"eval"`` (each
             run's network time per image, the paper's latency: forward time over all
             test images / images) or ``"auto"`` (bench when a benchmark is given).
+        notes: markdown shown under the title (what was run, budgets, seeds).
     """
     if latency not in ("auto", "bench", "eval"):
         raise FastGDRError(f"unknown latency source {latency!r}. Valid: auto, bench, eval")
@@ -336,7 +368,11 @@ def build_report(
     candidates = latency_candidates(benches, rois, runtime)
     matches = [match_latency(run, candidates) for run in runs] if benches else None
     table = markdown_table(list(runs), matches)
-    sections = ["# fastgdr report", INTRO, table]
+    sections = ["# fastgdr report", *([notes] if notes else []), INTRO, table]
+    spread = seed_spread_markdown(runs)
+    if spread is not None:
+        sections += ["## Across seeds", "Runs that differ only in their training seed: how far apart they land "
+                     "says how much of a difference between methods is noise.", spread]
 
     points = []
     for i, run in enumerate(runs):

@@ -506,7 +506,8 @@ def test_kd_study_trains_evaluates_and_tabulates(tiny_dataset, tmp_path):
     assert set(rows) == {"teacher", "plain", "ot"}
     for line in rows.values():
         cells = [c.strip() for c in line.strip("|").split("|")[1:]]
-        assert len(cells) == 5 and all(0.0 <= float(c) <= 1.0 for c in cells)  # every metric was measured
+        assert cells[0] == "0"  # the seed
+        assert len(cells) == 6 and all(0.0 <= float(c) <= 1.0 for c in cells[1:])  # every metric was measured
     assert "kd_ot" in (out / "ot_seed0" / "metrics.csv").read_text().splitlines()[0]
 
 

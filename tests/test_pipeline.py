@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from fastgdr.checkpoint import read_checkpoint
 from fastgdr.errors import FastGDRError
 from fastgdr.pipeline import Stage, run_pipeline
 from fastgdr.report import markdown_table, read_eval_dir
@@ -19,15 +20,19 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = (out / "report" / "README.md").read_text()
-    for run in ("p", "p_untrained", "p_R", "p28", "p28_R"):
+    runs = ("teacher", "n", "p_seed0", "p_seed1", "p_untrained", "p_R", "p28", "p28_R", "p_kd_seed0", "p_kd_seed1")
+    for run in runs:
         assert f"| {run} |" in report
-    assert (out / "report" / "speed_accuracy.png").stat().st_size > 0
-    for run in ("p", "p_untrained", "p_R", "p28", "p28_R"):
         scores = json.loads((out / run / "eval" / "scores_bop19.json").read_text())
         assert 0.0 <= scores["bop19_average_recall"] <= 1.0
+    assert "Demo budget:" in report and "## Across seeds" in report
+    assert "| p | 0, 1 |" in report and "| p_kd | 0, 1 |" in report
+    assert (out / "report" / "speed_accuracy.png").stat().st_size > 0
+    distilled = read_checkpoint(out / "p_kd_seed0" / "model_final.pth")["distillation"]
+    assert distilled["teachers"] == [str(out / "teacher" / "model_final.pth")]
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0
-    assert second.stdout.count("already done, skipped") == 12  # all but the summary, which always runs
+    assert second.stdout.count("already done, skipped") == 22  # all but the summary, which always runs
 
 
 def test_a_failing_stage_stops_with_its_log(tmp_path):

@@ -16,7 +16,9 @@ from fastgdr.report import (
     markdown_table,
     match_latency,
     pareto_front,
+    RunSummary,
     read_eval_dir,
+    seed_spread_markdown,
 )
 
 from conftest import REPO
@@ -156,3 +158,14 @@ def test_report_tool_joins_evals_and_a_benchmark(bench, runs, tmp_path):
     broken.write_text("{")
     bad = subprocess.run([*tool, str(runs[0]), str(broken), "--out", str(tmp_path / "r")], capture_output=True, text=True)
     assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+
+
+def test_seed_spread_groups_runs_that_differ_only_in_their_seed():
+    def run(name, ar, add):
+        return RunSummary(name, "P", {"bop19_average_recall": ar, "add_s_recall_0.10": add}, 1.0, 1, 1)
+
+    runs = [run("p_seed0", 0.1, 0.2), run("p_seed1", 0.3, 0.4), run("kd_seed0", 0.5, 0.5), run("teacher", 0.9, 0.9)]
+    table = seed_spread_markdown(runs)
+    assert "| p | 0, 1 | 0.200 (0.100–0.300) | 0.300 (0.200–0.400) |" in table
+    assert "kd" not in table and "teacher" not in table  # one seed, or no seed: no spread
+    assert seed_spread_markdown(runs[2:]) is None

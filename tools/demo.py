@@ -1,4 +1,4 @@
-"""The main job: synthetic data → training → pruning → inference, refinement and BOP evaluation → latency → report.
+"""The main job: synthetic data → teacher and students → pruning → distillation → inference, refinement and BOP evaluation → latency → report.
 
 Examples:
   python tools/demo.py                 # the full CPU demo into runs/demo (about 25-30 min on 2 cores)
@@ -28,6 +28,8 @@ def main() -> int:
     out = args.out or Path("runs/demo_quick" if args.quick else "runs/demo")
     budget = QUICK if args.quick else FULL
     print(f"fastgdr demo into {out} ({'quick' if args.quick else 'full'}: {budget})")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "budget.md").write_text(budget.describe() + "\n")  # the report states it
     result = run_pipeline(demo_stages(out, budget), out / "logs")
     print(f"finished in {result.seconds:.0f} s; report: {out / 'report' / 'README.md'}")
     print((out / "report" / "README.md").read_text())

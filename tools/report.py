@@ -10,6 +10,8 @@ config.yaml) or of tools/bench_latency.py (a folder with latency.json, that file
 latency.csv: rows only, so runs are joined by name).
 Writes OUT/README.md (the table, the plot, the benchmark's speed targets) and
 OUT/speed_accuracy.png: AR over latency, one labelled point per run, the Pareto front drawn.
+Runs named NAME_seedK (e.g. runs/p_seed0, runs/p_seed1) are also summarized per NAME:
+mean and min-max over the seeds.
 
 A run is joined to the benchmark's whole-network row (at --rois ROIs, --runtime) of the
 config with the same architecture as its config.yaml (backbone, crop size, head and
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from fastgdr.benchmark import RESULTS_JSON, read_results
 from fastgdr.cli import run_tool
+from fastgdr.errors import FastGDRError
 from fastgdr.report import build_report, read_eval_dir
 
 
@@ -42,10 +45,16 @@ def main() -> int:
     parser.add_argument("--rois", type=int, default=1, help="ROI count of the joined latency rows (default 1)")
     parser.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch", help="latency rows to join")
     parser.add_argument("--latency", choices=["auto", "bench", "eval"], default="auto", help="x axis of the plot")
+    parser.add_argument("--notes", type=Path, help="markdown file shown under the title (budgets, seeds, ...)")
     args = parser.parse_args()
+    notes = None
+    if args.notes is not None:
+        if not args.notes.is_file():
+            raise FastGDRError(f"notes file not found: {args.notes}")
+        notes = args.notes.read_text().strip()
     benches = [(str(path), read_results(path)) for path in args.inputs if is_benchmark(path)]
     runs = [read_eval_dir(path) for path in args.inputs if not is_benchmark(path)]
-    report = build_report(runs, benches, args.out, args.rois, args.runtime, args.latency)
+    report = build_report(runs, benches, args.out, args.rois, args.runtime, args.latency, notes)
     print(report.table)
     print(f"wrote {report.readme}" + (f" and {report.plot}" if report.plot else ""))
     return 0
