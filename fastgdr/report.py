@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -59,6 +60,7 @@ class RunSummary:
     architecture: str = ""
     refine: str = "none"
     refine_ms_per_image: float = 0.0
+    results_csv: Path | None = None
 
     @property
     def average_recall(self) -> float | None:
@@ -87,7 +89,17 @@ def read_eval_dir(path: str | Path) -> RunSummary:
         architecture=architecture_key(cfg.model),
         refine=inference.get("refine", "none"),
         refine_ms_per_image=1000.0 * inference.get("mean_refine_seconds_per_image", 0.0),
+        results_csv=_results_csv(path, inference),
     )
+
+
+def _results_csv(path: Path, inference: dict) -> Path | None:
+    """The BOP results file of an eval folder: named in inference.json, or (folders of
+    older versions) the one file named like METHOD_DATASET-SPLIT.csv."""
+    if "results_csv" in inference:
+        return path / inference["results_csv"]
+    candidates = list(path.glob("*_*-*.csv"))
+    return candidates[0] if len(candidates) == 1 else None
 
 
 # --------------------------------------------------------------------------- latency join
@@ -323,6 +335,22 @@ INTRO = (
 )
 
 
+BOP_CSV_DIR = "bop_results"
+
+
+def copy_results_csvs(runs: Sequence[RunSummary], folder: Path) -> list[str]:
+    """Copy each run's BOP results CSV (named in its inference.json) into ``folder``;
+    the names copied."""
+    names = []
+    for run in runs:
+        if run.results_csv is None or not run.results_csv.is_file():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run.results_csv, folder / run.results_csv.name)
+        names.append(run.results_csv.name)
+    return names
+
+
 def _bench_description(source: str, bench: BenchResult) -> str:
     env, s = bench.environment, bench.settings
     matmul = bench.matmul_gflop_per_s
@@ -401,6 +429,10 @@ def build_report(
     for source, bench in benches:
         sections += ["## Latency benchmark and speed targets", _bench_description(source, bench),
                      targets_markdown(bench.targets())]
+    copied = copy_results_csvs(runs, out / BOP_CSV_DIR)
+    if copied:
+        sections += ["## BOP results files", f"The runs' BOP-format result files (submission CSVs) are in "
+                     f"`{BOP_CSV_DIR}/`: " + ", ".join(f"`{name}`" for name in copied) + "."]
     readme = out / "README.md"
     readme.write_text("\n\n".join(sections) + "\n")
     return Report(readme, plot, table)

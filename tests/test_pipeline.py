@@ -28,6 +28,8 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     assert "Demo budget:" in report and "## Across seeds" in report
     assert "| p | 0, 1 |" in report and "| p_kd | 0, 1 |" in report
     assert (out / "report" / "speed_accuracy.png").stat().st_size > 0
+    csvs = sorted(p.name for p in (out / "report" / "bop_results").glob("*.csv"))
+    assert csvs == sorted(f"{run.replace('_', '-')}_synth-test.csv" for run in runs)
     distilled = read_checkpoint(out / "p_kd_seed0" / "model_final.pth")["distillation"]
     assert distilled["teachers"] == [str(out / "teacher" / "model_final.pth")]
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -8,8 +8,9 @@ Examples:
 Each argument is an output folder of tools/test.py (scores_bop19.json, inference.json,
 config.yaml) or of tools/bench_latency.py (a folder with latency.json, that file, or
 latency.csv: rows only, so runs are joined by name).
-Writes OUT/README.md (the table, the plot, the benchmark's speed targets) and
-OUT/speed_accuracy.png: AR over latency, one labelled point per run, the Pareto front drawn.
+Writes OUT/README.md (the table, the plot, the benchmark's speed targets),
+OUT/speed_accuracy.png (AR over latency, one labelled point per run, the Pareto front drawn)
+and OUT/bop_results/ (a copy of every run's BOP results CSV).
 Runs named NAME_seedK (e.g. runs/p_seed0, runs/p_seed1) are also summarized per NAME:
 mean and min-max over the seeds.
 

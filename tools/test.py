@@ -120,7 +120,7 @@ def main() -> int:
         "estimates": stats.estimates, "pnp": args.pnp, "device": str(args.device),
         "mean_network_seconds_per_image": stats.mean_seconds,
         "median_network_seconds_per_image": float(np.median(stats.network_seconds)) if stats.network_seconds else 0.0,
-        "refine": args.refine,
+        "refine": args.refine, "results_csv": csv_path.name,
     }
     if stats.refine is not None:
         refine = stats.refine
