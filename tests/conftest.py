@@ -1,3 +1,6 @@
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -6,6 +9,21 @@ from fastgdr.config import ModelConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, checkpoint: Path, iteration: int, timeout: float = 300.0) -> int:
+    """SIGKILL a training process once ``checkpoint`` holds at least ``iteration`` (or it
+    ended, or ``timeout`` passed); the iteration the checkpoint holds afterwards."""
+    from fastgdr.checkpoint import read_checkpoint
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists() and read_checkpoint(checkpoint)["iteration"] >= iteration:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return read_checkpoint(checkpoint)["iteration"]  # never corrupt, even when killed
 
 
 @pytest.fixture

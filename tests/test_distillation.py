@@ -3,10 +3,8 @@
 import importlib.util
 import itertools
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -34,7 +32,7 @@ from fastgdr.losses.distillation import (
 from fastgdr.models import GDRNPoseNet
 from fastgdr.models.backbones import BACKBONE_PRESETS, build_backbone
 
-from conftest import REPO, TINY_TRAIN_OVERRIDES
+from conftest import REPO, TINY_TRAIN_OVERRIDES, kill_after_checkpoint
 
 pytest.importorskip("geomloss")
 
@@ -453,15 +451,7 @@ def test_distillation_resumes_after_a_kill_like_an_uninterrupted_run(tiny_datase
     cmd = [sys.executable, str(REPO / "tools/distill.py"), "--config", str(REPO / "configs/p.yaml"), "--no-progress",
            "--out", str(tmp_path / "killed"), *common]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed" / "last_checkpoint.pth"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoint.exists() and read_checkpoint(checkpoint)["iteration"] >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= read_checkpoint(checkpoint)["iteration"] < 6
+    assert 2 <= kill_after_checkpoint(proc, tmp_path / "killed" / "last_checkpoint.pth", 2) < 6
     resumed = run_distill("--out", str(tmp_path / "killed"), *common, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for name in ("model_final.pth", "last_checkpoint.pth"):

@@ -1,10 +1,8 @@
 """Training data (crops, online targets), one optimisation step, resume and DDP."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from fastgdr.geometry import crop_affine_matrix, egocentric_to_allocentric, matr
 from fastgdr.losses.gdrn import gdrn_losses, total_loss
 from fastgdr.models import GDRNPoseNet, decode_pose
 
-from conftest import REPO, TINY_TRAIN_OVERRIDES
+from conftest import REPO, TINY_TRAIN_OVERRIDES, kill_after_checkpoint
 
 
 def tiny_cfg(*extra):
@@ -96,15 +94,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dataset, tmp_path
     assert full.returncode == 0, full.stderr
 
     proc = run_train(tiny_dataset, tmp_path / "killed", *args, wait=False)
-    checkpoint = tmp_path / "killed" / "last_checkpoint.pth"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoint.exists() and read_checkpoint(checkpoint)["iteration"] >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = read_checkpoint(checkpoint)["iteration"]  # never corrupt, even when killed
+    killed_at = kill_after_checkpoint(proc, tmp_path / "killed" / "last_checkpoint.pth", 2)
     assert 2 <= killed_at < 8
 
     resumed = run_train(tiny_dataset, tmp_path / "killed", *args, "--resume")
