@@ -26,22 +26,22 @@ def kill_after_checkpoint(proc: subprocess.Popen, checkpoint: Path, iteration: i
     return read_checkpoint(checkpoint)["iteration"]  # never corrupt, even when killed
 
 
+# A fast network: timm's tiny ConvNeXt test model, narrow head and Patch-PnP (any crop size).
+TINY_MODEL_OVERRIDES = [
+    "model.backbone.name=test_convnext",
+    "model.num_regions=8",
+    "model.geo_head.widths=[16,16,16,16,16,16,16]",
+    "model.geo_head.gn_groups=[4,4,4,4,4,4,4]",
+    "model.pnp.widths=[8,8,8]",
+    "model.pnp.gn_groups=[2,2,2]",
+    "model.pnp.fc_widths=[32,16]",
+]
+
+
 @pytest.fixture
 def tiny_model_config() -> ModelConfig:
-    """A fast model: timm's tiny ConvNeXt test model, narrow head and Patch-PnP."""
-    return load_config(
-        None,
-        [
-            "model.backbone.name=test_convnext",
-            "model.num_classes=3",
-            "model.geo_head.widths=[16,16,16,16,16,16,16]",
-            "model.geo_head.gn_groups=[4,4,4,4,4,4,4]",
-            "model.pnp.widths=[8,8,8]",
-            "model.pnp.gn_groups=[2,2,2]",
-            "model.pnp.fc_widths=[32,16]",
-            "model.num_regions=8",
-        ],
-    ).model
+    """The tiny network with 3 classes at the default crop size."""
+    return load_config(None, [*TINY_MODEL_OVERRIDES, "model.num_classes=3"]).model
 
 
 @pytest.fixture(scope="session")
@@ -57,14 +57,8 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 TINY_TRAIN_OVERRIDES = [
-    "model.backbone.name=test_convnext",
+    *TINY_MODEL_OVERRIDES,
     "model.input_res=128",
-    "model.num_regions=8",
-    "model.geo_head.widths=[16,16,16,16,16,16,16]",
-    "model.geo_head.gn_groups=[4,4,4,4,4,4,4]",
-    "model.pnp.widths=[8,8,8]",
-    "model.pnp.gn_groups=[2,2,2]",
-    "model.pnp.fc_widths=[32,16]",
     "data.num_workers=0",
     "data.num_model_points=200",
     "train.batch_size=4",

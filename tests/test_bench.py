@@ -30,20 +30,11 @@ from fastgdr.benchmark import (
     write_results,
 )
 
-from conftest import REPO
+from conftest import REPO, TINY_MODEL_OVERRIDES
 
 CONFIGS = REPO / "configs"
-# Tiny networks: timm's test ConvNeXt on 64 px crops, narrow head and Patch-PnP.
-TINY = [
-    "model.backbone.name=test_convnext",
-    "model.input_res=64",
-    "model.num_regions=8",
-    "model.geo_head.widths=[16,16,16,16,16,16,16]",
-    "model.geo_head.gn_groups=[4,4,4,4,4,4,4]",
-    "model.pnp.widths=[8,8,8]",
-    "model.pnp.gn_groups=[2,2,2]",
-    "model.pnp.fc_widths=[32,16]",
-]
+# Tiny networks on 64 px crops.
+TINY = [*TINY_MODEL_OVERRIDES, "model.input_res=64"]
 SCHEMA = (
     "config", "module", "device", "dtype", "channels_last", "compile", "rois", "input_res", "threads",
     "torch_version", "median_ms", "p90_ms", "iqr_ms", "std_ms", "repeats", "params", "gflops",
