@@ -248,6 +248,7 @@ def test_tool_refine_fast_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path):
     assert "depth refinement 'fast'" in result.stdout and "ms per object" in result.stdout
     summary = json.loads((out / "inference.json").read_text())
     assert summary["refine"] == "fast" and summary["refine_ms_per_object"] > 0
+    assert summary["fused_blocks"] > 0  # the ConvNeXt blocks ran fused (tools/test.py's default)
     assert summary["refine_skipped"] == summary["estimates"] - summary["refine_counts"]["refined"]
     estimates = load_results(out / "fastgdr_synth-test.csv")
     assert len(estimates) == summary["estimates"] > 0 and len({e.time for e in estimates}) == 1

@@ -35,6 +35,7 @@ from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import DATASET_CARDS, detect_card
 from fastgdr.data.detections import load_detections
 from fastgdr.engine.inference import PosePredictor, infer_dataset, load_model
+from fastgdr.models.fusion import fuse_for_inference
 from fastgdr.errors import FastGDRError
 from fastgdr.refine import REFINERS
 
@@ -59,6 +60,8 @@ def parse_args() -> argparse.Namespace:
                         help="depth refinement of the poses (default: none)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-eval", action="store_true", help="only write the results file")
+    parser.add_argument("--no-fuse", action="store_true",
+                        help="run timm's ConvNeXt blocks as they are (default: fused for inference, same poses, faster)")
     parser.add_argument("--config", type=Path, help="config for checkpoints without one (official GDRNPP)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides for --config")
     return parser.parse_args()
@@ -78,6 +81,7 @@ def main() -> int:
     if "_" in args.method:
         raise FastGDRError(f"--method {args.method!r} must not contain '_' (BOP splits file names on it)")
     model, cfg = load_model(args.ckpt, args.config, args.overrides)
+    fused_blocks = 0 if args.no_fuse else fuse_for_inference(model)
     card = DATASET_CARDS.get(args.dataset) if args.dataset else detect_card(args.data)
     dataset = BopDataset(args.data, card)
     dataset.check([args.split], require_gt=False)
@@ -117,7 +121,7 @@ def main() -> int:
     save_config(cfg, args.out / "config.yaml")
     summary = {
         "checkpoint": str(args.ckpt), "detections": str(detections_path), "images": stats.images,
-        "estimates": stats.estimates, "pnp": args.pnp, "device": str(args.device),
+        "estimates": stats.estimates, "pnp": args.pnp, "device": str(args.device), "fused_blocks": fused_blocks,
         "mean_network_seconds_per_image": stats.mean_seconds,
         "median_network_seconds_per_image": float(np.median(stats.network_seconds)) if stats.network_seconds else 0.0,
         "refine": args.refine, "results_csv": csv_path.name,
