@@ -76,6 +76,17 @@ def _gather_channel(values: torch.Tensor, index: torch.Tensor, dim: int) -> torc
     return values.gather(dim, index.view(shape).expand(expanded))
 
 
+def _channel_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.softmax(logits, dim=1)`` spelled out (max, exp, sum, divide).
+
+    ONNX Runtime's Softmax over a non-last axis of a [B, R, s, s] map transposes around a
+    last-axis kernel; the explicit form is four elementwise/reduce nodes it runs several
+    times faster (2.3 of 33 ms of the P28 graph on a 2-core CPU).
+    """
+    exp = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+    return exp / exp.sum(dim=1, keepdim=True)
+
+
 class ExportablePoseNet(nn.Module):
     """A :class:`~fastgdr.models.GDRNPoseNet` as one graph from ROI crops to poses.
 
@@ -114,7 +125,7 @@ class ExportablePoseNet(nn.Module):
         visible = _gather_channel(dense.visible_mask, classes, 1)
         xyz = _gather_channel(dense.xyz, classes, 2).squeeze(2)
         region = _gather_channel(dense.region, classes, 1).squeeze(1)
-        rot6d, site = net.pnp_net(xyz, roi_coord_2d, torch.softmax(region[:, 1:], dim=1), roi_extents)
+        rot6d, site = net.pnp_net(xyz, roi_coord_2d, _channel_softmax(region[:, 1:]), roi_extents)
         R, t = decode_pose(rot6d, site, roi_centers, roi_whs, resize_ratios, K)
         return R, t, visible, xyz, region
 
