@@ -357,7 +357,7 @@ def _bench_description(source: str, bench: BenchResult) -> str:
     return (
         f"`{source}`: {env.get('device')} ({env.get('device_name')}), {env.get('threads')} threads, torch "
         f"{env.get('torch_version')}, {s.get('dtype')}, channels_last={s.get('channels_last')}, "
-        f"compile={s.get('compile')}, median of {s.get('repeats')} after {s.get('warmup')} warm-up rounds"
+        f"compile={s.get('compile')}, fused ConvNeXt blocks={s.get('fused', False)}, median of {s.get('repeats')} after {s.get('warmup')} warm-up rounds"
         + (f"; 2048² fp32 matmul {matmul:.1f} GFLOP/s" if matmul else "")
         + (f"; load average {env['load_average_1min']:.1f} on {env.get('cpu_count')} cores at the start"
            if env.get("load_average_1min") is not None else "")

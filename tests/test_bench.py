@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from fastgdr.benchmark import (
     BenchRow,
     BenchSettings,
     LatencyStats,
+    compile_frozen,
     evaluate_targets,
     format_targets,
     load_bench_configs,
@@ -160,6 +162,8 @@ def test_tiny_benchmark_writes_well_formed_csv_and_json(tmp_path, one_thread):
     assert float(network["gflops"]) > float(backbone["gflops"]) > 0
     onnx = [r for r in rows if r["runtime"] == "onnxruntime"]
     assert {r["module"] for r in onnx} == {"network"} and len(onnx) == 4
+    # eager networks run fused as tools/test.py runs them; the ONNX graph keeps timm's blocks
+    assert {r["fused"] for r in torch_rows} == {"True"} and {r["fused"] for r in onnx} == {"False"}
 
     data = json.loads(json_path.read_text())
     assert data["environment"]["torch_version"] == torch.__version__ and data["environment"]["device_name"]
@@ -172,6 +176,23 @@ def test_tiny_benchmark_writes_well_formed_csv_and_json(tmp_path, one_thread):
     assert read_results(csv_path).rows == result.rows  # the CSV reads back exactly, typed
 
 
+def test_compilation_runs_each_call_once_with_frozen_weights():
+    from torch._inductor import config as inductor_config
+
+    seen = []
+    record = lambda: seen.append((inductor_config.freezing, torch.is_inference_mode_enabled()))
+    compile_frozen([record, record])
+    assert seen == [(True, True), (True, True)] and inductor_config.freezing is False
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile's Inductor needs a C compiler on the CPU")
+def test_compiled_benchmark_times_unfused_networks(one_thread):
+    configs = load_bench_configs(["p28"], CONFIGS, num_classes=1, overrides=TINY)
+    result = run_benchmark(configs, BenchSettings(rois=(1,), warmup=0, repeats=2, compile=True, modules=("network",)))
+    (row,) = result.rows
+    assert row.compile and not row.fused and row.median_ms > 0
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -179,7 +200,7 @@ def row(config, module="network", rois=1, median_ms=10.0, runtime="torch", gflop
     """A hand-made benchmark row (the fields targets read; the rest fixed)."""
     return BenchRow(
         config=config, module=module, runtime=runtime, device=device, device_name="test", dtype=dtype,
-        channels_last=False, compile=False, rois=rois, input_res=256, num_classes=1, threads=2,
+        channels_last=False, compile=False, fused=False, rois=rois, input_res=256, num_classes=1, threads=2,
         torch_version=torch.__version__, malloc_tuned=True, warmup=1, repeats=5, median_ms=median_ms,
         p90_ms=median_ms, iqr_ms=0.0, std_ms=0.0, min_ms=median_ms, max_ms=median_ms, params=1, gflops=gflops,
         gflop_per_s=gflops / (median_ms / 1e3), matmul_gflop_per_s=100.0, matmul_ratio=gflops / median_ms * 10,
@@ -227,6 +248,21 @@ def test_results_file_errors(tmp_path):
     (tmp_path / "latency.json").write_text(json.dumps(data))
     with pytest.raises(BenchmarkError, match=r"rows\[0\] lacks median_ms"):
         read_results(tmp_path)
+
+
+def test_results_written_before_the_fused_column_read_as_unfused(tmp_path):
+    write_results(BenchResult({}, {}, {}, {}, [row("p", median_ms=12.0)]), tmp_path)
+    data = json.loads((tmp_path / "latency.json").read_text())
+    del data["rows"][0]["fused"]
+    (tmp_path / "latency.json").write_text(json.dumps(data))
+    lines = (tmp_path / "latency.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    drop = header.index("fused")
+    (tmp_path / "latency.csv").write_text(
+        "\n".join(",".join(v for j, v in enumerate(line.split(",")) if j != drop) for line in lines) + "\n")
+    for source in (tmp_path / "latency.json", tmp_path / "latency.csv"):
+        (back,) = read_results(source).rows
+        assert back.fused is False and back.median_ms == 12.0
 
 
 # --------------------------------------------------------------------------- tool

@@ -46,7 +46,7 @@ def make_eval_dir(root, name, ar, config_text, network_s=0.05, refine=None):
 def bench_row(config, median_ms, rois=1, module="network", runtime="torch"):
     return BenchRow(
         config=config, module=module, runtime=runtime, device="cpu", device_name="test cpu", dtype="fp32",
-        channels_last=False, compile=False, rois=rois, input_res=256, num_classes=1, threads=2,
+        channels_last=False, compile=False, fused=False, rois=rois, input_res=256, num_classes=1, threads=2,
         torch_version=torch.__version__, malloc_tuned=True, warmup=1, repeats=5, median_ms=median_ms,
         p90_ms=median_ms * 1.1, iqr_ms=0.1, std_ms=0.1, min_ms=median_ms, max_ms=median_ms * 1.2,
         params=20_000_000, gflops=5.0, gflop_per_s=5.0 / (median_ms / 1e3), matmul_gflop_per_s=100.0,

@@ -3,13 +3,16 @@
 Examples:
   python tools/bench_latency.py --configs bm,n,n28,p,p28 --rois 1,8 --device cpu --out bench/
   python tools/bench_latency.py --configs p,p28 --rois 1 --repeats 5 --onnx --out bench/smoke
+  python tools/bench_latency.py --configs bm,p28 --rois 1 --no-fuse --out bench/reference
+  python tools/bench_latency.py --configs bm,p28 --rois 1 --compile --out bench/compiled
   python tools/bench_latency.py --configs p28,configs/my_model.yaml --device cuda --dtype fp16 \\
       --channels-last --compile --out bench/cuda_fp16
   python tools/bench_latency.py --configs p --num-classes 21 --out bench/ycbv model.input_res=256
 
 Each --configs entry is a name (configs/<name>.yaml) or a path to a YAML config; rows are
 labelled with the name (a path's file stem). Networks get random weights: latency does not
-depend on them. Per configuration and ROI count (a batch of crops of model.input_res px)
+depend on them. ConvNeXt blocks run fused for inference (fastgdr.models.fusion), as
+tools/test.py runs them; --no-fuse times timm's reference blocks. Per configuration and ROI count (a batch of crops of model.input_res px)
 it times the whole network (crop batch in -> poses out: forward and pose decoding), the
 backbone, the geometric head, Patch-PnP, the pose decoding, the per-image pipeline around
 the network (test-time crops from a 640x480 image, network, decoding, results CSV) and
@@ -73,7 +76,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index> (default cpu)")
     parser.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16 (weights and network inputs)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every timed module")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile every timed module (Inductor, weights frozen)")
+    parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
+                        help="fuse ConvNeXt blocks for inference as tools/test.py does (default: on, off with "
+                             "--compile); --no-fuse times timm's reference blocks")
     parser.add_argument("--onnx", action="store_true", help="also time the exported network under ONNX Runtime (CPU)")
     parser.add_argument("--num-classes", type=int, default=1, help="model.num_classes of every config (default 1)")
     parser.add_argument("--threads", type=int, help="torch (and ONNX Runtime) CPU threads (default: torch's)")
@@ -104,7 +111,7 @@ def parse_rois(text: str) -> tuple[int, ...]:
 def main() -> int:
     args = parse_args()
     settings = BenchSettings(
-        device=args.device, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
+        device=args.device, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile, fuse=args.fuse,
         rois=parse_rois(args.rois), warmup=args.warmup, repeats=args.repeats, onnx=args.onnx,
         modules=tuple(split_list(args.modules, "--modules")),
     )
@@ -117,7 +124,7 @@ def main() -> int:
     if settings.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # as FAST GDRNPP timed (CUDNN_BENCHMARK=True)
     print(f"timing {len(configs)} config(s) at {', '.join(map(str, settings.rois))} ROI(s) on {settings.device} "
-          f"{settings.dtype}, channels_last={settings.channels_last}, compile={settings.compile}, "
+          f"{settings.dtype}, channels_last={settings.channels_last}, compile={settings.compile}, fused={settings.fused}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, malloc {'tuned' if malloc_tuned() else 'default'}; "
           f"median of {settings.repeats} after {settings.warmup} warm-up rounds", flush=True)
     result = run_benchmark(configs, settings, announce=lambda line: print(line, flush=True))
