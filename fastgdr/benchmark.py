@@ -4,7 +4,8 @@
 pruning report's included): the caller puts its models in eval mode; the calls then run
 under ``torch.inference_mode``, first ``warmup`` untimed rounds, then ``repeats`` timed
 rounds in which all calls run round-robin, so that each of them sees the same machine
-load and their ratios stay meaningful on a busy machine. On the CPU every call is framed
+load and their ratios stay meaningful on a busy machine (:func:`run_benchmark` times all
+modules of all configurations in one such measurement per ROI count). On the CPU every call is framed
 by two ``time.perf_counter`` stamps; on CUDA by two CUDA events, with the device
 synchronized before the start and after the end. :class:`LatencyStats` keeps the median,
 the 90th percentile, the interquartile range and the standard deviation (ms).
@@ -76,6 +77,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from fastgdr.config import ModelConfig, load_config, to_dict
 from fastgdr.data.detections import Detection
@@ -159,6 +161,7 @@ def measure_latency(
     warmup: int = 3,
     repeats: int = 10,
     clock: Callable[[], float] = time.perf_counter,
+    on_round: Callable[[], None] | None = None,
 ) -> list[LatencyStats]:
     """Time each call ``repeats`` times, round-robin, after ``warmup`` untimed rounds.
 
@@ -172,6 +175,7 @@ def measure_latency(
         warmup: untimed rounds over all calls first.
         repeats: timed rounds (≥ 1).
         clock: seconds counter for CPU timing (tests pass a fake one).
+        on_round: called after every round, warm-up included (progress display).
 
     Returns:
         one :class:`LatencyStats` per call, in order.
@@ -185,9 +189,13 @@ def measure_latency(
         for _ in range(warmup):
             for call in calls:
                 call()
+            if on_round is not None:
+                on_round()
         for _ in range(repeats):
             for call, spent in zip(calls, samples):
                 spent.append(timer(call))
+            if on_round is not None:
+                on_round()
     return [LatencyStats.from_samples(s) for s in samples]
 
 
@@ -669,8 +677,8 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def _make_row(
-    config: str, module: str, runtime: str, device: torch.device, env: Mapping[str, Any], settings: BenchSettings,
-    cfg: ModelConfig, rois: int, stats: LatencyStats, params: int, gflops: float, matmul_gflop_per_s: float,
+    config: str, cfg: ModelConfig, module: str, runtime: str, device: torch.device, env: Mapping[str, Any],
+    settings: BenchSettings, rois: int, stats: LatencyStats, params: int, gflops: float, matmul_gflop_per_s: float,
     malloc: bool,
 ) -> BenchRow:
     onnx = runtime == "onnxruntime"
@@ -697,58 +705,74 @@ def _closing(renderer: Renderer | None) -> Iterator[None]:
             renderer.close()
 
 
-def bench_config(
-    label: str, cfg: ModelConfig, settings: BenchSettings, env: Mapping[str, Any], matmul_gflop_per_s: float
-) -> list[BenchRow]:
-    """Time one configuration (random weights) at every ROI count of ``settings``.
+@dataclass
+class _PreparedConfig:
+    """A configuration's network (random weights; fused and cast as the settings ask), its
+    costs and inputs per ROI count, and its ONNX file."""
 
-    Returns:
-        rows in the order (ROI count, module), then the ONNX Runtime rows.
-    """
+    label: str
+    cfg: ModelConfig
+    model: GDRNPoseNet
+    costs: dict[int, dict[str, Any]]  # ROI count → profiling.model_costs entry name → cost
+    inputs: dict[int, dict[str, torch.Tensor]]
+    onnx_path: Path | None
+
+    def cost(self, module: str, rois: int) -> tuple[int, float]:
+        """(parameters, GFLOPs of the batch) of a timed module."""
+        name = MODULE_COSTS[module]
+        return (self.costs[rois][name].params, self.costs[rois][name].gflops) if name else (0, 0.0)
+
+
+def _prepare_config(label: str, cfg: ModelConfig, settings: BenchSettings, tmp: Path) -> _PreparedConfig:
     device = resolve_device(settings.device)
-    dtype = DTYPES[settings.dtype]
     model = GDRNPoseNet.from_config(cfg).to(device).eval()
     costs = {rois: {c.name: c for c in model_costs(model, rois, cfg.input_res)} for rois in settings.rois}
     inputs = {rois: random_roi_batch(model, rois, cfg.input_res, seed=rois) for rois in settings.rois}
-    row = partial(_make_row, label, env=env, settings=settings, cfg=cfg, matmul_gflop_per_s=matmul_gflop_per_s,
-                  device=device)
+    onnx_path = export_onnx(model, tmp / f"{label}.onnx", cfg.input_res) if settings.onnx else None
+    if settings.fused:  # in fp32, before any cast; the ONNX graph keeps timm's blocks (ORT runs them faster)
+        fuse_for_inference(model)
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    model = model.to(dtype=DTYPES[settings.dtype], memory_format=memory_format)
+    return _PreparedConfig(label, cfg, model, costs, inputs, onnx_path)
 
-    def cost(module: str, rois: int) -> tuple[int, float]:
-        name = MODULE_COSTS[module]
-        return (costs[rois][name].params, costs[rois][name].gflops) if name else (0, 0.0)
 
-    rows: list[BenchRow] = []
-    meshes = scene_meshes() if settings.refine_methods else {}
-    renderer = Renderer(meshes) if meshes else None
-    with tempfile.TemporaryDirectory(prefix="fastgdr_bench_") as tmp_dir, _closing(renderer):
-        tmp = Path(tmp_dir)
-        onnx_path = export_onnx(model, tmp / f"{label}.onnx", cfg.input_res) if settings.onnx else None
-        if settings.fused:  # in fp32, before any cast; the ONNX graph keeps timm's blocks (ORT runs them faster)
-            fuse_for_inference(model)
-        model = model.to(dtype=dtype, memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format)
-        for rois in settings.rois:
-            scene = (renderer, meshes) if renderer is not None else None
-            timed = _prepare_timed(model, inputs[rois], cfg.input_res, settings, tmp, scene)
-            calls = [MODULE_CALLS[m](timed) for m in settings.modules]
-            if settings.compile:
-                compile_frozen(calls)
-            stats = measure_latency(calls, device, settings.warmup, settings.repeats)
-            rows += [
-                row(module=m, runtime="torch", rois=rois, stats=s, params=cost(m, rois)[0], gflops=cost(m, rois)[1],
-                    malloc=malloc_tuned())
-                for m, s in zip(settings.modules, stats)
-            ]
-        if onnx_path is not None:
-            feeds = {r: {k: v.detach().cpu().numpy() for k, v in inputs[r].items()} for r in settings.rois}
-            onnx_stats, fresh = call_without_env(
-                time_onnx, (onnx_path, feeds, env["threads"], settings.warmup, settings.repeats), tuple(MALLOC_ENV)
-            )
-            rows += [
-                row(module="network", runtime="onnxruntime", rois=r, stats=onnx_stats[r], params=cost("network", r)[0],
-                    gflops=cost("network", r)[1], malloc=malloc_tuned() and not fresh)
-                for r in settings.rois
-            ]
-    return rows
+def _time_configs(
+    prepared: Sequence[_PreparedConfig], rois: int, settings: BenchSettings, row: Callable[..., BenchRow], tmp: Path,
+    scene: tuple[Renderer, Mapping[int, Mesh]] | None, on_round: Callable[[], None] | None,
+) -> list[BenchRow]:
+    """Every module of every configuration at ``rois`` ROIs in one round-robin measurement."""
+    calls, names = [], []
+    for p in prepared:
+        folder = tmp / p.label
+        folder.mkdir(exist_ok=True)
+        timed = _prepare_timed(p.model, p.inputs[rois], p.cfg.input_res, settings, folder, scene)
+        calls += [MODULE_CALLS[m](timed) for m in settings.modules]
+        names += [(p, m) for m in settings.modules]
+    if settings.compile:
+        compile_frozen(calls)
+    stats = measure_latency(calls, resolve_device(settings.device), settings.warmup, settings.repeats,
+                            on_round=on_round)
+    return [
+        row(p.label, p.cfg, module=m, runtime="torch", rois=rois, stats=st, params=p.cost(m, rois)[0],
+            gflops=p.cost(m, rois)[1], malloc=malloc_tuned())
+        for (p, m), st in zip(names, stats)
+    ]
+
+
+def _time_onnx_rows(
+    p: _PreparedConfig, settings: BenchSettings, threads: int, row: Callable[..., BenchRow]
+) -> list[BenchRow]:
+    """The exported network of ``p`` under ONNX Runtime at every ROI count (a fresh process
+    without :data:`MALLOC_ENV` when that is set here)."""
+    feeds = {r: {k: v.detach().cpu().numpy() for k, v in p.inputs[r].items()} for r in settings.rois}
+    stats, fresh = call_without_env(
+        time_onnx, (p.onnx_path, feeds, threads, settings.warmup, settings.repeats), tuple(MALLOC_ENV)
+    )
+    return [
+        row(p.label, p.cfg, module="network", runtime="onnxruntime", rois=r, stats=stats[r],
+            params=p.cost("network", r)[0], gflops=p.cost("network", r)[1], malloc=malloc_tuned() and not fresh)
+        for r in settings.rois
+    ]
 
 
 # --------------------------------------------------------------------------- targets
@@ -884,11 +908,20 @@ def run_benchmark(
     configs: Mapping[str, tuple[Path, ModelConfig]],
     settings: BenchSettings,
     announce: Callable[[str], None] = lambda _: None,
+    progress: bool = False,
 ) -> BenchResult:
-    """Measure the matrix product, then every configuration; one ``announce`` line each.
+    """Measure the matrix product, then all configurations together at each ROI count.
+
+    Every module of every configuration is timed in one round-robin measurement per ROI
+    count, so that the ratios between configurations (the speed targets) see the same
+    machine state: on shared or frequency-boosting CPUs a network timed alone drifts by
+    20 % and more within a minute. ONNX Runtime follows per configuration.
 
     Args:
         configs: {label: (source file, model config)}, e.g. from :func:`load_bench_configs`.
+        announce: receives a line per built configuration, per ROI count timed and, at the
+            end, per configuration (its network latencies).
+        progress: show a progress bar over the rounds of each measurement (stderr).
     """
     device = resolve_device(settings.device)
     env = environment(device)
@@ -907,12 +940,36 @@ def run_benchmark(
                 "gflop_per_s": gflop_per_s},
         configs={},
     )
-    for i, (label, (source, cfg)) in enumerate(configs.items(), start=1):
-        start = time.perf_counter()
-        rows = bench_config(label, cfg, settings, env, gflop_per_s)
-        result.rows += rows
-        result.configs[label] = {"source": str(source), "architecture": architecture_key(cfg), "model": to_dict(cfg)}
-        announce(f"[{i}/{len(configs)}] {progress_line(label, rows)} [{time.perf_counter() - start:.0f} s]")
+    row = partial(_make_row, env=env, settings=settings, matmul_gflop_per_s=gflop_per_s, device=device)
+    meshes = scene_meshes() if settings.refine_methods else {}
+    renderer = Renderer(meshes) if meshes else None
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="fastgdr_bench_") as tmp_dir, _closing(renderer):
+        tmp = Path(tmp_dir)
+        prepared = []
+        for i, (label, (source, cfg)) in enumerate(configs.items(), start=1):
+            prepared.append(_prepare_config(label, cfg, settings, tmp))
+            result.configs[label] = {"source": str(source), "architecture": architecture_key(cfg),
+                                     "model": to_dict(cfg)}
+            params, gflops = prepared[-1].cost("network", settings.rois[0])
+            announce(f"built [{i}/{len(configs)}] {label}: {params / 1e6:.1f} M params, "
+                     f"{gflops / settings.rois[0]:.2f} GFLOPs per ROI" + (", exported to ONNX" if settings.onnx else ""))
+        scene = (renderer, meshes) if renderer is not None else None
+        for rois in settings.rois:
+            start = time.perf_counter()
+            calls = len(prepared) * len(settings.modules)
+            with tqdm(total=settings.warmup + settings.repeats, desc=f"{rois} ROI{'s' if rois > 1 else ''}",
+                      unit="round", leave=False, disable=not progress) as bar:
+                rows += _time_configs(prepared, rois, settings, row, tmp, scene, on_round=bar.update)
+            announce(f"timed {calls} modules at {rois} ROI{'s' if rois > 1 else ''} round-robin "
+                     f"({settings.warmup} + {settings.repeats} rounds) [{time.perf_counter() - start:.0f} s]")
+        for p in prepared:
+            if p.onnx_path is not None:
+                rows += _time_onnx_rows(p, settings, env["threads"], row)
+    order = {label: i for i, label in enumerate(configs)}
+    result.rows = sorted(rows, key=lambda r: (order[r.config], r.runtime != "torch"))  # stable: ROIs, modules kept
+    for i, label in enumerate(configs, start=1):
+        announce(f"[{i}/{len(configs)}] {progress_line(label, [r for r in result.rows if r.config == label])}")
     return result
 
 

@@ -138,8 +138,10 @@ def test_tiny_benchmark_writes_well_formed_csv_and_json(tmp_path, one_thread):
     announced = []
     result = run_benchmark(configs, settings, announce=announced.append)
     lines = [line for line in announced if not line.startswith("warning: load average")]  # a busy machine
-    assert lines[0].startswith("matmul 2048² fp32") and lines[1].startswith("[1/2] p (")
-    assert lines[2].startswith("[2/2] p28 (") and "ORT" in lines[2]
+    assert lines[0].startswith("matmul 2048² fp32") and lines[1].startswith("built [1/2] p: ")
+    assert lines[2].startswith("built [2/2] p28: ") and "exported to ONNX" in lines[2]
+    assert lines[3].startswith("timed 14 modules at 1 ROI round-robin") and lines[4].startswith("timed 14 modules at 2")
+    assert lines[5].startswith("[1/2] p (") and lines[6].startswith("[2/2] p28 (") and "ORT" in lines[6]
     csv_path, json_path = write_results(result, tmp_path / "bench")
 
     with csv_path.open() as f:
@@ -147,6 +149,9 @@ def test_tiny_benchmark_writes_well_formed_csv_and_json(tmp_path, one_thread):
         header, rows = reader.fieldnames, list(reader)
     assert tuple(header) == CSV_FIELDS and set(SCHEMA) <= set(header)
     assert len(rows) == 2 * 2 * len(DEFAULT_MODULES) + 2 * 2  # configs × ROI counts × modules + ONNX rows
+    per_config = len(rows) // 2  # grouped by configuration, its ONNX Runtime rows last
+    assert [r["config"] for r in rows] == ["p"] * per_config + ["p28"] * per_config
+    assert [r["runtime"] for r in rows[:per_config]] == ["torch"] * (per_config - 2) + ["onnxruntime"] * 2
     torch_rows = [r for r in rows if r["runtime"] == "torch"]
     assert {(r["config"], r["module"], r["rois"]) for r in torch_rows} == {
         (c, m, str(n)) for c in ("p", "p28") for m in DEFAULT_MODULES for n in (1, 2)

@@ -20,7 +20,9 @@ depth refinement of the image's poses (refine_fast: GDRNPP's "fast" update, FAST
 "-R"; refine_icp on request) on a rendered synthetic scene (needs moderngl over EGL).
 
 Protocol (fastgdr.benchmark.measure_latency): eval and inference mode, --warmup untimed
-rounds, then --repeats rounds with all modules of a configuration timed round-robin;
+rounds, then --repeats rounds with all modules of all configurations timed round-robin
+(one measurement per ROI count, so that ratios between configurations see the same machine
+state: a network timed alone on a shared CPU drifts by 20 % within a minute);
 perf_counter stamps on the CPU, CUDA events with the device synchronized around each call
 on a GPU; median, p90, IQR and standard deviation. A 2048^2 fp32 matrix product is timed
 the same way: every row's achieved GFLOP/s (GFLOPs / median) is reported as a fraction of
@@ -33,7 +35,9 @@ without them (they slow it at batch 1).
 
 Writes OUT/latency.csv (one row per configuration, module, runtime and ROI count) and
 OUT/latency.json (the rows, device, threads, versions, settings, configs, targets), prints a
-progress line per configuration, the rows, and the targets (measured ratio, target, met).
+line per configuration built, a progress bar and a line per ROI count timed, a line per
+configuration with its network latencies, the rows, and the targets (measured ratio, target,
+met).
 Bad input (unknown config, dtype or device) exits with status 2.
 """
 
@@ -127,7 +131,7 @@ def main() -> int:
           f"{settings.dtype}, channels_last={settings.channels_last}, compile={settings.compile}, fused={settings.fused}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, malloc {'tuned' if malloc_tuned() else 'default'}; "
           f"median of {settings.repeats} after {settings.warmup} warm-up rounds", flush=True)
-    result = run_benchmark(configs, settings, announce=lambda line: print(line, flush=True))
+    result = run_benchmark(configs, settings, announce=lambda line: print(line, flush=True), progress=True)
     csv_path, json_path = write_results(result, args.out)
     print()
     print(format_rows(result.rows))
