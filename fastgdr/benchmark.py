@@ -493,9 +493,10 @@ def _prepare_timed(
 
 
 def compile_frozen(calls: Sequence[Callable[[], Any]]) -> None:
-    """Run each ``torch.compile``-d call once under inference mode with Inductor's
-    ``freezing`` on, so that they compile with the weights as constants (folded and
-    pre-packed). Passing ``options={"freezing": True}`` to ``torch.compile`` does not
+    """Run each call once under inference mode with Inductor's ``freezing`` on, so that
+    the ``torch.compile``-d ones compile with the weights as constants (folded and
+    pre-packed; the others just run once more). A recompilation later (a guard failing on
+    new inputs) would compile without freezing: the benchmark's inputs never change. Passing ``options={"freezing": True}`` to ``torch.compile`` does not
     have this effect in torch 2.13: P28 at 1 ROI measured 36.8 ms that way, 26.6 ms
     this way, 45.8 ms eager, on the 2-core CPU."""
     from torch._inductor import config as inductor_config
@@ -677,8 +678,8 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def _make_row(
-    config: str, cfg: ModelConfig, module: str, runtime: str, device: torch.device, env: Mapping[str, Any],
-    settings: BenchSettings, rois: int, stats: LatencyStats, params: int, gflops: float, matmul_gflop_per_s: float,
+    config: str, cfg: ModelConfig, module: str, runtime: str, fused: bool, device: torch.device,
+    env: Mapping[str, Any], settings: BenchSettings, rois: int, stats: LatencyStats, params: int, gflops: float, matmul_gflop_per_s: float,
     malloc: bool,
 ) -> BenchRow:
     onnx = runtime == "onnxruntime"
@@ -687,7 +688,7 @@ def _make_row(
         config=config, module=module, runtime=runtime, device="cpu" if onnx else str(device),
         device_name=env["cpu_name"] if onnx else env["device_name"], dtype="fp32" if onnx else settings.dtype,
         channels_last=False if onnx else settings.channels_last, compile=False if onnx else settings.compile,
-        fused=False if onnx else settings.fused, rois=rois, input_res=cfg.input_res, num_classes=cfg.num_classes, threads=env["threads"],
+        fused=fused, rois=rois, input_res=cfg.input_res, num_classes=cfg.num_classes, threads=env["threads"],
         torch_version=env["torch_version"], malloc_tuned=malloc, warmup=settings.warmup, repeats=stats.repeats,
         median_ms=stats.median_ms, p90_ms=stats.p90_ms, iqr_ms=stats.iqr_ms, std_ms=stats.std_ms,
         min_ms=stats.min_ms, max_ms=stats.max_ms, params=params, gflops=gflops, gflop_per_s=achieved,
@@ -716,6 +717,7 @@ class _PreparedConfig:
     costs: dict[int, dict[str, Any]]  # ROI count → profiling.model_costs entry name → cost
     inputs: dict[int, dict[str, torch.Tensor]]
     onnx_path: Path | None
+    fused: bool  # ConvNeXt blocks were fused (False when asked but the backbone has none)
 
     def cost(self, module: str, rois: int) -> tuple[int, float]:
         """(parameters, GFLOPs of the batch) of a timed module."""
@@ -729,11 +731,11 @@ def _prepare_config(label: str, cfg: ModelConfig, settings: BenchSettings, tmp: 
     costs = {rois: {c.name: c for c in model_costs(model, rois, cfg.input_res)} for rois in settings.rois}
     inputs = {rois: random_roi_batch(model, rois, cfg.input_res, seed=rois) for rois in settings.rois}
     onnx_path = export_onnx(model, tmp / f"{label}.onnx", cfg.input_res) if settings.onnx else None
-    if settings.fused:  # in fp32, before any cast; the ONNX graph keeps timm's blocks (ORT runs them faster)
-        fuse_for_inference(model)
+    # in fp32, before any cast; the ONNX graph keeps timm's blocks (ORT runs them faster)
+    fused = settings.fused and fuse_for_inference(model) > 0
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model = model.to(dtype=DTYPES[settings.dtype], memory_format=memory_format)
-    return _PreparedConfig(label, cfg, model, costs, inputs, onnx_path)
+    return _PreparedConfig(label, cfg, model, costs, inputs, onnx_path, fused)
 
 
 def _time_configs(
@@ -753,8 +755,8 @@ def _time_configs(
     stats = measure_latency(calls, resolve_device(settings.device), settings.warmup, settings.repeats,
                             on_round=on_round)
     return [
-        row(p.label, p.cfg, module=m, runtime="torch", rois=rois, stats=st, params=p.cost(m, rois)[0],
-            gflops=p.cost(m, rois)[1], malloc=malloc_tuned())
+        row(p.label, p.cfg, module=m, runtime="torch", fused=p.fused, rois=rois, stats=st,
+            params=p.cost(m, rois)[0], gflops=p.cost(m, rois)[1], malloc=malloc_tuned())
         for (p, m), st in zip(names, stats)
     ]
 
@@ -769,7 +771,7 @@ def _time_onnx_rows(
         time_onnx, (p.onnx_path, feeds, threads, settings.warmup, settings.repeats), tuple(MALLOC_ENV)
     )
     return [
-        row(p.label, p.cfg, module="network", runtime="onnxruntime", rois=r, stats=stats[r],
+        row(p.label, p.cfg, module="network", runtime="onnxruntime", fused=False, rois=r, stats=stats[r],
             params=p.cost("network", r)[0], gflops=p.cost("network", r)[1], malloc=malloc_tuned() and not fresh)
         for r in settings.rois
     ]

@@ -46,6 +46,7 @@ from torch import nn
 from fastgdr._compat import import_optional
 from fastgdr.errors import FastGDRError
 from fastgdr.models import GDRNPoseNet, decode_pose, split_head_channels
+from fastgdr.models.fusion import FusedConvNeXtBlock
 
 INPUT_NAMES = (
     "images",
@@ -198,6 +199,10 @@ def export_onnx(model: GDRNPoseNet, path: str | Path, input_res: int, batch: int
         MissingDependencyError: without the ``onnx`` package.
     """
     onnx = import_optional("onnx", extra="onnx", purpose="checking the exported ONNX graph")
+    if any(isinstance(m, FusedConvNeXtBlock) for m in model.modules()):
+        raise ExportError("export the network before fuse_for_inference: fused ConvNeXt blocks choose their "
+                          "GRN path by batch size in Python, which tracing would freeze (ONNX Runtime also "
+                          "runs timm's blocks faster)")
     if batch < 1:
         raise ExportError(f"the tracing batch must be at least 1, got {batch}")
     path = Path(path)

@@ -31,6 +31,7 @@ from fastgdr.losses.distillation import (
 )
 from fastgdr.models import GDRNPoseNet
 from fastgdr.models.backbones import BACKBONE_PRESETS, build_backbone
+from fastgdr.models.fusion import FusedConvNeXtBlock
 
 from conftest import REPO, TINY_TRAIN_OVERRIDES, kill_after_checkpoint
 
@@ -507,6 +508,19 @@ def test_a_teacher_trained_from_an_imagenet_file_loads_without_that_file(teacher
     state["config"]["model"]["backbone"]["pretrained"] = "/elsewhere/imagenet.pth"  # gone on this machine
     moved = tmp_path / "moved.pth"
     torch.save(state, moved)
-    model, _ = load_teacher(moved)
+    model, _ = load_teacher(moved, fuse=False)
+    assert model.state_dict().keys() == state["model"].keys()
     for key, value in model.state_dict().items():
         assert torch.equal(value, state["model"][key]), key
+
+
+def test_teachers_run_fused_convnext_blocks(tmp_path):
+    cfg = tiny_cfg()  # a ConvNeXt backbone
+    path = save_checkpoint(tmp_path / "convnext.pth", GDRNPoseNet.from_config(cfg.model), config=to_dict(cfg))
+    fused, _ = load_teacher(path)
+    plain, _ = load_teacher(path, fuse=False)
+    assert any(isinstance(m, FusedConvNeXtBlock) for m in fused.modules())
+    assert not any(isinstance(m, FusedConvNeXtBlock) for m in plain.modules())
+    crops = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused.extract_features(crops), plain.extract_features(crops), rtol=1e-4, atol=1e-4)

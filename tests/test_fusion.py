@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastgdr._compat import import_timm
-from fastgdr.benchmark import BenchSettings
+from fastgdr.benchmark import BenchSettings, _prepare_config
 from fastgdr.config import load_config
 from fastgdr.data.detections import Detection
 from fastgdr.engine.inference import PosePredictor
@@ -100,6 +100,56 @@ def test_blocks_it_cannot_fuse_are_left_alone():
         FusedConvNeXtBlock.from_block(strided)
 
 
+def test_half_precision_grn_does_not_overflow():
+    block = timm_block(conv_mlp=True, use_grn=True, layer_scale=False)
+    fused = FusedConvNeXtBlock.from_block(block).half()
+    x = 40.0 * torch.randn(2, 16, 9, 9, dtype=torch.float64)  # squares of the hidden units pass fp16's 65504
+    with torch.no_grad():
+        expected, got = block(x), fused(x.half())
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), expected, rtol=2e-2, atol=2e-2 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("variant", ["v2 (conv MLP, GRN)", "v1 (linear MLP, layer scale)"])
+def test_autocast_keeps_timm_residual_precision(variant):
+    block = timm_block(**VARIANTS[variant]).float()
+    fused = FusedConvNeXtBlock.from_block(block)
+    x = torch.randn(2, 16, 9, 9)  # an fp32 input, as the stem's LayerNorm gives under autocast
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = block(x), fused(x)
+    assert got.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=5e-2, atol=5e-2 * float(expected.abs().max()))
+
+
+def test_blocks_that_compute_something_else_are_not_fused():
+    timm = import_timm()
+    with_act_norm = timm_block(conv_mlp=False, use_grn=False, layer_scale=True).float()
+    with_act_norm.norm = timm.layers.LayerNormAct(16)  # LayerNorm followed by an activation
+    assert "plain LayerNorm" in why_not_fusable(with_act_norm)
+
+    class Subclass(convnext.ConvNeXtBlock):
+        pass
+
+    assert "not a timm ConvNeXtBlock" in why_not_fusable(Subclass(16))
+    glu = timm_block(conv_mlp=False, use_grn=False, layer_scale=True)
+    glu.mlp = timm.layers.GluMlp(16, 64)
+    assert "GluMlp" in why_not_fusable(glu)
+    network = timm.create_model("test_convnext", features_only=True).eval()
+    next(m for m in network.modules() if isinstance(m, convnext.ConvNeXtBlock)).train()
+    with pytest.raises(ValueError, match="every submodule"):
+        fuse_for_inference(network)
+
+
+def test_fused_networks_are_not_exported(tmp_path):
+    from fastgdr.export import ExportError, export_onnx
+
+    cfg = load_config(None, [*TINY_MODEL_OVERRIDES, "model.input_res=64"]).model
+    model = GDRNPoseNet.from_config(cfg).eval()
+    fuse_for_inference(model)
+    with pytest.raises(ExportError, match="before fuse_for_inference"):
+        export_onnx(model, tmp_path / "fused.onnx", 64)
+
+
 def test_fusion_needs_eval_mode_and_is_not_saved():
     model = import_timm().create_model("test_convnext", features_only=True)
     with pytest.raises(ValueError, match="eval mode"):
@@ -129,6 +179,12 @@ def test_predictor_poses_do_not_change_when_fused():
         np.testing.assert_allclose(a.t, b.t, rtol=1e-4, atol=1e-4)
 
 
-def test_benchmark_fuses_unless_compiling():
+def test_benchmark_fuses_unless_compiling(tmp_path):
     assert BenchSettings().fused and not BenchSettings(compile=True).fused
     assert BenchSettings(compile=True, fuse=True).fused and not BenchSettings(fuse=False).fused
+    convnext_cfg = load_config(None, [*TINY_MODEL_OVERRIDES, "model.input_res=64"]).model
+    resnet_cfg = load_config(None, [*TINY_MODEL_OVERRIDES, "model.input_res=64",
+                                    "model.backbone.name=test_resnet"]).model
+    settings = BenchSettings(rois=(1,))
+    assert _prepare_config("tiny", convnext_cfg, settings, tmp_path).fused
+    assert not _prepare_config("tiny_resnet", resnet_cfg, settings, tmp_path).fused  # nothing to fuse: not marked

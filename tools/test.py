@@ -10,13 +10,16 @@ Examples:
 
 Writes OUT/METHOD_DATASET-SPLIT.csv (R row-major, t in mm, one per-image time for all
 estimates of an image: network time + depth-refinement time + the detector's time),
-OUT/inference.json (timing; with --refine also the refinement ms per object and the
-number of objects left unrefined) and, when the split has ground truth,
+OUT/inference.json (timing, the number of ConvNeXt blocks run fused; with --refine also
+the refinement ms per object and the number of objects left unrefined) and, when the split
+has ground truth,
 OUT/scores_bop19.json and per-object tables. --refine fast|icp refines the poses with
 the depth images (GDRNPP's translation-only "fast" update, or 6-DoF point-to-plane ICP)
 and renders the meshes of DATA/models/; images without usable depth keep their poses.
 Detections: the BOP list format (official default detections) or GDRNPP's dict format;
 the top-k per object of each image are kept (the dataset card's k, or --topk).
+ConvNeXt blocks run fused for inference (fastgdr.models.fusion: the same poses, faster);
+--no-fuse runs timm's blocks as they are.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import DATASET_CARDS, detect_card
 from fastgdr.data.detections import load_detections
 from fastgdr.engine.inference import PosePredictor, infer_dataset, load_model
-from fastgdr.models.fusion import fuse_for_inference
 from fastgdr.errors import FastGDRError
+from fastgdr.models.fusion import fuse_for_inference
 from fastgdr.refine import REFINERS
 
 

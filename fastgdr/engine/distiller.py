@@ -35,9 +35,11 @@ from fastgdr.models.pose_net import PoseNetOutput
 
 
 def load_teacher(
-    checkpoint: str | Path, fallback_config: str | Path | None = None, num_classes: int | None = None
+    checkpoint: str | Path, fallback_config: str | Path | None = None, num_classes: int | None = None,
+    fuse: bool = True,
 ) -> tuple[GDRNPoseNet, ModelConfig]:
-    """A frozen teacher in eval mode, loaded strictly.
+    """A frozen teacher in eval mode, loaded strictly, its ConvNeXt blocks fused for
+    inference unless ``fuse`` is False (:mod:`fastgdr.models.fusion`: the same outputs, faster).
 
     fastgdr checkpoints carry their config (input convention included) and it is always
     the one used. Checkpoints without one (official GDRNPP) are described by
@@ -67,7 +69,8 @@ def load_teacher(
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}\nThe teacher's weights do not match {described_by}.") from None
     model.eval().requires_grad_(False)
-    fuse_for_inference(model)  # frozen: the fused blocks compute the same, faster
+    if fuse:
+        fuse_for_inference(model)
     return model, model_cfg
 
 

@@ -42,6 +42,8 @@ class FusedConvNeXtBlock(nn.Module):
         grn_gamma: [H] GRN scale γ, or None for a block without GRN (ConvNeXt-V1).
         grn_eps: GRN epsilon.
         gelu_approximate: ``nn.GELU``'s ``approximate`` ("none" or "tanh").
+        layer_scale: the block had a layer scale (folded into fc2); under autocast its
+            fp32 scale made timm's residual sum fp32, which the fused block keeps.
 
     Input and output: [B, C, H, W] (returned channels-last; any layout accepted).
     """
@@ -59,6 +61,7 @@ class FusedConvNeXtBlock(nn.Module):
         grn_gamma: torch.Tensor | None,
         grn_eps: float = 1e-6,
         gelu_approximate: str = "none",
+        layer_scale: bool = False,
     ) -> None:
         super().__init__()
         self.channels = int(dw_weight.shape[0])
@@ -66,6 +69,7 @@ class FusedConvNeXtBlock(nn.Module):
         self.norm_eps = float(norm_eps)
         self.grn_eps = float(grn_eps)
         self.gelu_approximate = gelu_approximate
+        self.layer_scale = layer_scale
         for name, value in {
             "dw_weight": dw_weight, "dw_bias": dw_bias, "fc1_weight": fc1_weight, "fc1_bias": fc1_bias,
             "fc2_weight": fc2_weight, "fc2_bias": fc2_bias, "grn_gamma": grn_gamma,
@@ -80,23 +84,26 @@ class FusedConvNeXtBlock(nn.Module):
             raise ValueError(f"cannot fuse this ConvNeXt block: {reason}")
         with torch.no_grad():
             norm, mlp = block.norm, block.mlp
+            dtype = mlp.fc1.weight.dtype
+            exact = lambda t: t.to(torch.float64)  # fold in float64, store in the block's dtype
             channels = block.conv_dw.out_channels
-            like = block.conv_dw.weight
-            scale = norm.weight if norm.weight is not None else like.new_ones(channels)
-            shift = norm.bias if norm.bias is not None else like.new_zeros(channels)
-            w1, b1 = _linear_parameters(mlp.fc1)
-            w2, b2 = _linear_parameters(mlp.fc2)
+            like = exact(block.conv_dw.weight)
+            scale = exact(norm.weight) if norm.weight is not None else like.new_ones(channels)
+            shift = exact(norm.bias) if norm.bias is not None else like.new_zeros(channels)
+            w1, b1 = (exact(t) for t in _linear_parameters(mlp.fc1))
+            w2, b2 = (exact(t) for t in _linear_parameters(mlp.fc2))
             fc1_weight, fc1_bias = w1 * scale[None, :], b1 + w1 @ shift
             grn = getattr(mlp, "grn", None)
             if grn is not None:
-                b2 = b2 + w2 @ grn.bias
+                b2 = b2 + w2 @ exact(grn.bias)
             if block.gamma is not None:  # layer scale
-                w2, b2 = w2 * block.gamma[:, None], b2 * block.gamma
+                gamma = exact(block.gamma)
+                w2, b2 = w2 * gamma[:, None], b2 * gamma
             return cls(
                 block.conv_dw.weight, block.conv_dw.bias, block.conv_dw.padding, norm.eps,
-                fc1_weight, fc1_bias, w2, b2,
+                fc1_weight.to(dtype), fc1_bias.to(dtype), w2.to(dtype), b2.to(dtype),
                 None if grn is None else grn.weight, 1e-6 if grn is None else grn.eps,
-                _gelu_approximation(mlp.act),
+                _gelu_approximation(mlp.act), block.gamma is not None,
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,14 +112,20 @@ class FusedConvNeXtBlock(nn.Module):
         y = F.layer_norm(y.permute(0, 2, 3, 1), (self.channels,), None, None, self.norm_eps)
         hidden = F.gelu(F.linear(y, self.fc1_weight, self.fc1_bias), approximate=self.gelu_approximate)
         out = F.linear(hidden, self.fc2_weight, self.fc2_bias) if self.grn_gamma is None else self._grn_fc2(hidden)
+        # timm's residual sum promotes (under autocast: a low-precision MLP output + an fp32
+        # input, or × an fp32 layer scale, gives fp32); keep that precision
+        dtype = torch.promote_types(out.dtype, x.dtype)
+        if self.layer_scale:
+            dtype = torch.promote_types(dtype, self.fc2_bias.dtype)
+        out = out.to(dtype)
         out += x.permute(0, 2, 3, 1)
         return out.permute(0, 3, 1, 2)
 
     def _grn_fc2(self, hidden: torch.Tensor) -> torch.Tensor:
         """fc2(GRN(hidden)) for [B, H, W, D] NHWC ``hidden`` with GRN's scale folded in."""
         batch, height, width, dim = hidden.shape
-        accumulate = torch.promote_types(hidden.dtype, torch.float32)  # fp16/bf16 sums in fp32
-        norm = torch.sum(hidden.square(), dim=(1, 2), dtype=accumulate).sqrt()  # [B, D]
+        accumulate = torch.promote_types(hidden.dtype, torch.float32)  # fp16 squares overflow past 256
+        norm = hidden.to(accumulate).square().sum(dim=(1, 2)).sqrt()  # [B, D]
         relative = norm / (norm.mean(dim=-1, keepdim=True) + self.grn_eps)
         scale = torch.addcmul(torch.ones_like(relative), self.grn_gamma.to(accumulate), relative)  # 1 + γ·N(x)
         out_channels = self.fc2_weight.shape[0]
@@ -149,8 +162,8 @@ def _gelu_approximation(act: nn.Module | None) -> str | None:
 def why_not_fusable(block: nn.Module) -> str | None:
     """None if ``block`` is a timm ``ConvNeXtBlock`` :class:`FusedConvNeXtBlock` can replace,
     else the reason (the block is then left as it is)."""
-    convnext = import_timm().models.convnext
-    if not isinstance(block, convnext.ConvNeXtBlock):
+    timm = import_timm()
+    if type(block) is not timm.models.convnext.ConvNeXtBlock:  # subclasses may change forward
         return f"{type(block).__name__} is not a timm ConvNeXtBlock"
     dw = block.conv_dw
     if type(dw) is not nn.Conv2d or dw.padding_mode != "zeros" or isinstance(dw.padding, str):
@@ -161,9 +174,15 @@ def why_not_fusable(block: nn.Module) -> str | None:
         return "strided or dilated blocks are not fused"
     if not isinstance(block.shortcut, nn.Identity):
         return "the shortcut is not the identity"
-    if not isinstance(block.norm, nn.LayerNorm):
-        return f"the norm is {type(block.norm).__name__}, not a LayerNorm"
+    layers = timm.layers
+    plain_norms = (nn.LayerNorm, layers.LayerNorm, layers.LayerNorm2d)  # not LayerNormAct, not the fp32-forced ones
+    if type(block.norm) not in plain_norms:
+        return f"the norm is {type(block.norm).__name__}, not a plain LayerNorm"
+    if tuple(block.norm.normalized_shape) != (dw.out_channels,):
+        return "the LayerNorm does not normalize over the channels alone"
     mlp = block.mlp
+    if type(mlp) not in (layers.Mlp, layers.GlobalResponseNormMlp):
+        return f"the MLP is {type(mlp).__name__}, not timm's Mlp or GlobalResponseNormMlp"
     if _gelu_approximation(getattr(mlp, "act", None)) is None:
         return "the MLP's activation is not GELU"
     if not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
@@ -171,7 +190,8 @@ def why_not_fusable(block: nn.Module) -> str | None:
     for name in ("fc1", "fc2"):
         layer = getattr(mlp, name)
         if not (type(layer) is nn.Linear or (type(layer) is nn.Conv2d and layer.kernel_size == (1, 1)
-                                             and layer.groups == 1)):
+                                             and layer.groups == 1 and layer.stride == (1, 1)
+                                             and layer.padding == (0, 0))):
             return f"mlp.{name} is neither nn.Linear nor a 1×1 nn.Conv2d"
     return None
 
@@ -190,9 +210,9 @@ def fuse_for_inference(module: nn.Module) -> int:
     Raises:
         ValueError: ``module`` is in training mode (fused blocks do not train).
     """
-    if module.training:
-        raise ValueError("fuse_for_inference needs a network in eval mode (fused blocks are inference-only); "
-                         "call .eval() first")
+    if any(m.training for m in module.modules()):
+        raise ValueError("fuse_for_inference needs a network in eval mode, every submodule included (fused blocks "
+                         "are inference-only); call .eval() first")
     return _fuse_children(module)
 
 
