@@ -496,9 +496,11 @@ def compile_frozen(calls: Sequence[Callable[[], Any]]) -> None:
     """Run each call once under inference mode with Inductor's ``freezing`` on, so that
     the ``torch.compile``-d ones compile with the weights as constants (folded and
     pre-packed; the others just run once more). A recompilation later (a guard failing on
-    new inputs) would compile without freezing: the benchmark's inputs never change. Passing ``options={"freezing": True}`` to ``torch.compile`` does not
-    have this effect in torch 2.13: P28 at 1 ROI measured 36.8 ms that way, 26.6 ms
-    this way, 45.8 ms eager, on the 2-core CPU."""
+    new inputs) would compile without freezing: the benchmark's inputs never change.
+
+    Passing ``options={"freezing": True}`` to ``torch.compile`` does not have this effect
+    in torch 2.13: P28 at 1 ROI measured 36.8 ms that way, 26.6 ms this way, 45.8 ms
+    eager, on the 2-core CPU."""
     from torch._inductor import config as inductor_config
 
     with inductor_config.patch(freezing=True), torch.inference_mode():
@@ -679,8 +681,8 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def _make_row(
     config: str, cfg: ModelConfig, module: str, runtime: str, fused: bool, device: torch.device,
-    env: Mapping[str, Any], settings: BenchSettings, rois: int, stats: LatencyStats, params: int, gflops: float, matmul_gflop_per_s: float,
-    malloc: bool,
+    env: Mapping[str, Any], settings: BenchSettings, rois: int, stats: LatencyStats, params: int, gflops: float,
+    matmul_gflop_per_s: float, malloc: bool,
 ) -> BenchRow:
     onnx = runtime == "onnxruntime"
     achieved = gflops / (stats.median_ms / 1e3) if stats.median_ms > 0 else 0.0
