@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -174,6 +175,10 @@ class DataConfig:
         min_mask_pixels: a sample is redrawn when its 64×64 visible mask has fewer pixels.
         num_model_points: model points for the point-matching loss.
         num_workers: data-loading worker processes.
+        canonical_symmetry: train symmetric objects on the symmetric equivalent of their
+            pose that the view selects (one target per appearance; see
+            ``fastgdr.data.train_dataset.canonical_pose_targets``). GDRNPP trains on the
+            annotated pose.
     """
 
     dataset: str | None = None
@@ -182,20 +187,29 @@ class DataConfig:
     min_mask_pixels: int = 32
     num_model_points: int = 3000
     num_workers: int = 2
+    canonical_symmetry: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
 class LossWeights:
-    """Weights of the GDRNPP loss terms (0 disables a term)."""
+    """Weights of the loss terms (0 disables a term); GDRNPP's are 1 for all but ``rot``,
+    the direct allocentric rotation term, which GDRNPP does not have."""
 
     xyz: float = 1.0
     mask_visible: float = 1.0
     mask_amodal: float = 1.0
     region: float = 1.0
     pm: float = 1.0
+    rot: float = 0.0
     centroid: float = 1.0
     z: float = 1.0
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{item.name} must be a finite number >= 0, got {value}")
 
 
 @dataclass
@@ -203,28 +217,59 @@ class TrainConfig:
     """Optimisation schedule (GDRNPP: Ranger, lr 8e-4, wd 0.01, 48 ROIs, 40 epochs).
 
     Attributes:
-        iterations: total iterations; None derives them from ``epochs``; 0 writes the
-            initialised model (an untrained baseline).
-        epochs: passes over the training instances (used when ``iterations`` is None).
+        recipe: ``gdrnpp`` (the defaults below: GDRNPP's schedule, for long runs that
+            start from pretrained backbones) or ``short`` (from-scratch, small-batch runs
+            of minutes to hours; its values fill every key the config does not set, see
+            :data:`RECIPES` and docs/training.md).
+        iterations: total iterations; None derives them from ``epochs`` (or, with a time
+            budget, leaves the budget alone to end the run); 0 writes the initialised
+            model (an untrained baseline).
+        epochs: passes over the training instances (used when ``iterations`` and
+            ``time_budget_minutes`` are None).
+        time_budget_minutes: end the run after this much wall clock of training (data
+            loading included, set-up excluded); the learning-rate schedule then runs over
+            the fraction of the budget used. None: a run of fixed length.
+        snapshots: fractions of the run (in (0, 1]) at which the weights are also saved as
+            ``snapshots/model_<percent>.pth`` with the elapsed time (learning curves).
         batch_size: ROIs per iteration, summed over all processes.
-        warmup_iters, warmup_factor, anneal_point: the flat-and-anneal schedule.
+        lr: learning rate at ``lr_reference_batch`` ROIs per iteration.
+        lr_scaling: how ``lr`` follows ``batch_size``: ``none`` (as given), ``linear``
+            or ``sqrt`` in ``batch_size / lr_reference_batch``.
+        lr_reference_batch: the batch size ``lr`` is given for (GDRNPP: 48).
+        warmup_iters, warmup_factor, anneal_point: the flat-and-anneal schedule (the
+            anneal point is a fraction of the run).
+        head_init: initialisation of the geometric head and Patch-PnP: ``gdrnpp`` (every
+            conv and linear weight N(0, 0.001), as GDRNPP) or ``torch`` (PyTorch's
+            default, fan-in scaled).
+        clip_grad_norm: clip the gradients' total norm to this value before each step
+            (None: no clipping, as GDRNPP).
+        init_depth_from_data: start fc_t's δz bias at the mean δz of the training samples
+            instead of 0.
         checkpoint_period: iterations between resumable checkpoints.
         log_period: iterations between log lines.
         seed: seeds sampling, augmentation and initialisation.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        amp: mixed precision (bf16) on CUDA.
+        amp: bf16 autocast on CUDA, and on CPUs with native bf16 (AVX512-BF16 or AMX).
         channels_last: channels-last memory format on CUDA.
     """
 
+    recipe: Literal["gdrnpp", "short"] = "gdrnpp"
     iterations: int | None = None
     epochs: float = 40.0
+    time_budget_minutes: float | None = None
+    snapshots: tuple[float, ...] = ()
     batch_size: int = 48
     optimizer: Literal["ranger", "adamw", "sgd"] = "ranger"
     lr: float = 8e-4
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    lr_reference_batch: int = 48
     weight_decay: float = 0.01
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
     anneal_point: float = 0.72
+    head_init: Literal["gdrnpp", "torch"] = "gdrnpp"
+    clip_grad_norm: float | None = None
+    init_depth_from_data: bool = False
     checkpoint_period: int = 500
     log_period: int = 20
     seed: int = 0
@@ -236,10 +281,28 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.iterations is not None and self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        if self.batch_size < 1 or self.checkpoint_period < 1 or self.log_period < 1:
-            raise ValueError("batch_size, checkpoint_period and log_period must be >= 1")
-        if not 0.0 < self.anneal_point <= 1.0:
-            raise ValueError(f"anneal_point must be in (0, 1], got {self.anneal_point}")
+        if self.batch_size < 1 or self.checkpoint_period < 1 or self.log_period < 1 or self.lr_reference_batch < 1:
+            raise ValueError("batch_size, lr_reference_batch, checkpoint_period and log_period must be >= 1")
+        for name in ("lr", "weight_decay", "epochs"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}")
+        if self.clip_grad_norm is not None and not (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0):
+            raise ValueError(f"clip_grad_norm must be a positive number, got {self.clip_grad_norm}")
+        if self.time_budget_minutes is not None and not (math.isfinite(self.time_budget_minutes) and self.time_budget_minutes > 0):
+            raise ValueError(f"time_budget_minutes must be a positive number, got {self.time_budget_minutes}")
+        if any(not 0.0 < f <= 1.0 for f in self.snapshots):
+            raise ValueError(f"snapshots must be fractions of the run in (0, 1], got {list(self.snapshots)}")
+        if not 0.0 <= self.warmup_factor <= 1.0 or self.warmup_iters < 0:
+            raise ValueError("warmup_factor must be in [0, 1] and warmup_iters >= 0")
+        if not 0.0 <= self.anneal_point <= 1.0:
+            raise ValueError(f"anneal_point must be in [0, 1], got {self.anneal_point}")
+
+    @property
+    def scaled_lr(self) -> float:
+        """``lr`` scaled to ``batch_size`` by ``lr_scaling``."""
+        ratio = self.batch_size / self.lr_reference_batch
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
 
 
 @dataclass
@@ -446,7 +509,52 @@ def load_config(
         data = loaded or {}
     for item in overrides:
         apply_override(data, item)
+    if cls is Config:
+        data = with_recipe(data)
     return from_dict(cls, data, source=source)
+
+
+# The values a training recipe gives every key that a config leaves unset (its defaults).
+# ``gdrnpp`` is the dataclass defaults themselves. Each deviation of ``short`` and its
+# measured reason are in docs/training.md.
+RECIPES: dict[str, dict[str, Any]] = {
+    "gdrnpp": {},
+    "short": {
+        "model": {"input": {"mean": [0.406, 0.456, 0.485], "std": [0.225, 0.224, 0.229]}},
+        "data": {"canonical_symmetry": True},
+        "train": {
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "lr_scaling": "sqrt",
+            "lr_reference_batch": 32,
+            "weight_decay": 0.05,
+            "warmup_iters": 50,
+            "warmup_factor": 0.01,
+            "anneal_point": 0.0,
+            "head_init": "torch",
+            "clip_grad_norm": 1.0,
+            "init_depth_from_data": True,
+            "loss_weights": {"rot": 1.0},
+        },
+    },
+}
+
+
+def with_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the defaults of its ``train.recipe`` filled in beneath it (the
+    config's own values win). An unknown recipe is left for validation to report."""
+    train = data.get("train")
+    recipe = train.get("recipe") if isinstance(train, dict) else None
+    if not isinstance(recipe, str) or recipe not in RECIPES:
+        return data
+    return _merged(RECIPES[recipe], data)
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

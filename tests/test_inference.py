@@ -72,11 +72,11 @@ def run_test_tool(*args):
     return subprocess.run([sys.executable, str(REPO / "tools/test.py"), *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("pnp", [False, True])
-def test_tool_writes_a_valid_results_file_and_scores(tiny_dataset, tiny_checkpoint, tmp_path, pnp):
+@pytest.mark.parametrize("decoder", ["patchpnp", "epnp", "epnp-rot"])
+def test_tool_writes_a_valid_results_file_and_scores(tiny_dataset, tiny_checkpoint, tmp_path, decoder):
     out = tmp_path / "eval"
     result = run_test_tool("--ckpt", str(tiny_checkpoint), "--data", str(tiny_dataset), "--out", str(out),
-                           *(["--pnp"] if pnp else []))
+                           "--decoder", decoder)
     assert result.returncode == 0, result.stderr[-2000:]
     csv = out / "fastgdr_synth-test.csv"
     estimates = load_results(csv)  # validates the BOP format, per-image times included

@@ -19,10 +19,12 @@ from fastgdr.geometry import (
 from fastgdr.losses import (
     LossWeights,
     GDRNTargets,
+    allocentric_rotation_loss,
     closest_symmetric_rotation,
     gdrn_losses,
     point_matching_rotation_loss,
     region_loss,
+    region_loss_constant,
     total_loss,
 )
 from fastgdr.models import PoseNetOutput, decode_pose
@@ -74,8 +76,10 @@ def make_targets(gen: torch.Generator) -> GDRNTargets:
 
     amodal = torch.zeros(B, RES, RES, dtype=F64)
     amodal[:, 10:50, 12:54] = 1.0
-    visible = amodal.clone()
-    visible[0, 10:30] = 0.0  # the first ROI is half occluded
+    mask_xyz = amodal.clone()
+    mask_xyz[0, 10:30] = 0.0  # the first ROI is half occluded
+    visible = mask_xyz.clone()
+    visible[1, :, 40:] = 0.0  # the second one is cut by the truncation augmentation
     labels = torch.randint(1, REGIONS + 1, (B, RES, RES), generator=gen) * amodal.long()
     xyz = torch.rand(B, 3, RES, RES, generator=gen, dtype=F64) * amodal[:, None]
     points = 0.05 * torch.randn(B, POINTS, 3, generator=gen, dtype=F64)
@@ -83,6 +87,7 @@ def make_targets(gen: torch.Generator) -> GDRNTargets:
     return GDRNTargets(
         xyz=xyz,
         mask_visible=visible,
+        mask_xyz=mask_xyz,
         mask_amodal=amodal,
         region=labels,
         rot=rot,
@@ -120,16 +125,29 @@ def perfect_output(targets: GDRNTargets) -> PoseNetOutput:
 
 def test_perfect_prediction_gives_zero(gen):
     targets = make_targets(gen)
-    losses = gdrn_losses(perfect_output(targets), targets)
-    assert set(losses) == ALL_KEYS
+    losses = gdrn_losses(perfect_output(targets), targets, LossWeights(rot=1.0))
+    assert set(losses) == ALL_KEYS | {"loss_rot"}
     for key, value in losses.items():
         assert value.shape == ()
-        if key != "loss_region":
-            assert value.item() == pytest.approx(0.0, abs=1e-9), key
-    # Background pixels see zero logits and label 0: each costs log(R + 1) (GDRNPP's definition).
-    n_vis = targets.mask_visible.sum()
-    expected = (B * RES * RES - n_vis) * math.log(REGIONS + 1) / n_vis
-    torch.testing.assert_close(losses["loss_region"], expected, rtol=1e-9, atol=1e-9)
+        assert value.item() == pytest.approx(0.0, abs=1e-9), key
+
+
+def gdrnpp_region_loss(logits, region_gt, mask):
+    """GDRNPP's formula, as it is written: logits and labels multiplied by the mask."""
+    target = region_gt * mask.to(region_gt.dtype)
+    ce = torch.nn.functional.cross_entropy(logits * mask[:, None], target, reduction="sum")
+    return ce / mask.sum().clamp(min=1.0)
+
+
+def test_region_loss_is_gdrnpp_minus_a_constant_with_the_same_gradient(gen):
+    targets = make_targets(gen)
+    logits = torch.randn(B, REGIONS + 1, RES, RES, generator=gen, dtype=F64, requires_grad=True)
+    ours = region_loss(logits, targets.region, targets.mask_xyz)
+    (grad_ours,) = torch.autograd.grad(ours, logits)
+    reference = gdrnpp_region_loss(logits, targets.region, targets.mask_xyz)
+    (grad_reference,) = torch.autograd.grad(reference, logits)
+    torch.testing.assert_close(ours + region_loss_constant(targets.mask_xyz, REGIONS), reference)
+    torch.testing.assert_close(grad_ours, grad_reference)
 
 
 def test_region_loss_zero_with_full_visible_mask(gen):
@@ -142,31 +160,44 @@ def test_region_loss_zero_with_full_visible_mask(gen):
 def test_region_loss_known_value_uniform_logits(gen):
     targets = make_targets(gen)
     logits = torch.zeros(B, REGIONS + 1, RES, RES, dtype=F64)
-    # Uniform logits: every pixel costs log(R + 1); divided by the visible pixel count.
-    loss = region_loss(logits, targets.region, targets.mask_visible)
-    expected = B * RES * RES * math.log(REGIONS + 1) / targets.mask_visible.sum()
-    torch.testing.assert_close(loss, expected)
+    # Uniform logits: every supervised pixel costs log(R + 1); the loss is their mean.
+    loss = region_loss(logits, targets.region, targets.mask_xyz)
+    assert loss.item() == pytest.approx(math.log(REGIONS + 1))
 
 
 def test_coordinate_loss_known_value(gen):
     targets = make_targets(gen)
     out = perfect_output(targets)
-    outside = (1.0 - targets.mask_visible)[:, None]
-    # 0.1 inside the visible mask, arbitrary garbage outside it.
+    outside = (1.0 - targets.mask_xyz)[:, None]
+    # 0.1 inside the untruncated visible mask, arbitrary garbage outside it.
     out.xyz = targets.xyz + 0.1 + 7.0 * outside
     losses = gdrn_losses(out, targets)
     for axis in "xyz":
         assert losses[f"loss_coor_{axis}"].item() == pytest.approx(0.1, rel=1e-9)
 
 
+def test_coordinates_and_regions_use_the_mask_before_truncation(gen):
+    # GDRNPP supervises coordinates and regions on the "visib" mask, the mask loss on "trunc".
+    targets = make_targets(gen)
+    cut = (targets.mask_xyz - targets.mask_visible)[:, None]
+    assert cut.sum() > 0
+    out = perfect_output(targets)
+    out.xyz = targets.xyz + 0.5 * cut
+    assert gdrn_losses(out, targets)["loss_coor_x"].item() == pytest.approx(0.5 * cut.sum().item() / targets.mask_xyz.sum().item())
+    out = perfect_output(targets)
+    out.region = out.region * (1.0 - cut)
+    assert gdrn_losses(out, targets)["loss_region"].item() > 0.0
+    assert gdrn_losses(out, targets)["loss_mask"].item() == 0.0
+
+
 def test_coordinate_loss_empty_mask_divides_by_one(gen):
     targets = make_targets(gen)
-    targets.mask_visible = torch.zeros_like(targets.mask_visible)
+    targets.mask_xyz = torch.zeros_like(targets.mask_xyz)
     out = perfect_output(targets)
     out.xyz = targets.xyz + 0.3
     losses = gdrn_losses(out, targets)
     assert losses["loss_coor_x"].item() == 0.0
-    assert losses["loss_region"].item() == pytest.approx(B * RES * RES * math.log(REGIONS + 1))
+    assert losses["loss_region"].item() == 0.0
 
 
 def test_mask_site_losses_known_values(gen):
@@ -222,6 +253,29 @@ def test_pm_loss_symmetry(gen):
     assert gdrn_losses(out, targets)["loss_PM_R"].item() > 0.01
 
 
+def test_rotation_loss_closed_form():
+    # On the optical axis allocentric = egocentric; GT identity, prediction θ about z:
+    # Rz(θ) − I has |cos θ − 1| twice and |sin θ| twice among its 9 entries.
+    theta = 0.4
+    eye = torch.eye(3, dtype=F64)[None]
+    t = torch.tensor([[0.0, 0.0, 1.0]], dtype=F64)
+    loss = allocentric_rotation_loss(matrix_to_rot6d(rot_z(theta)[None]), eye, t, eye[:, None])
+    assert loss.item() == pytest.approx((2 * (1 - math.cos(theta)) + 2 * math.sin(theta)) / 9)
+
+
+def test_rotation_loss_matches_loop_and_honours_symmetry(gen):
+    targets = make_targets(gen)
+    t_gt = site_to_translation(targets.site, targets.roi_centers, targets.roi_whs, targets.resize_ratios, targets.K)
+    allo = egocentric_to_allocentric(targets.rot, t_gt)
+    eye = torch.eye(3, dtype=F64).expand(B, 1, 3, 3)
+    turned = allo @ rot_z(0.4)
+    loss = allocentric_rotation_loss(matrix_to_rot6d(turned), targets.rot, t_gt, eye)
+    torch.testing.assert_close(loss, torch.stack([(turned[b] - allo[b]).abs().mean() for b in range(B)]).mean())
+    # Declaring the turn a symmetry makes the prediction correct.
+    sym = torch.stack((torch.eye(3, dtype=F64), rot_z(0.4))).expand(B, 2, 3, 3)
+    assert allocentric_rotation_loss(matrix_to_rot6d(turned), targets.rot, t_gt, sym).item() == pytest.approx(0.0, abs=1e-9)
+
+
 def test_closest_symmetric_rotation_matches_loop(gen):
     S = 5
     R_pred, R_gt = random_rotations(B, gen), random_rotations(B, gen)
@@ -258,7 +312,7 @@ def test_gradients_finite_for_every_output(gen):
     inputs = [out.visible_mask, out.amodal_mask, out.xyz, out.region, out.rot6d, out.site]
     for tensor in inputs:
         tensor.requires_grad_()
-    total = total_loss(gdrn_losses(out, targets))
+    total = total_loss(gdrn_losses(out, targets, LossWeights(rot=1.0)))
     assert torch.isfinite(total)
     total.backward()
     for tensor in inputs:

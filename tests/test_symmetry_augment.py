@@ -5,12 +5,13 @@ import pytest
 
 from fastgdr.data.augment import COLOR_OPS, color_augment, random_background, replace_background, truncate_mask
 from fastgdr.data.symmetry import (
+    canonical_symmetry_index,
     farthest_point_sampling,
     region_labels,
     rotation_about_axis,
     symmetry_transformations,
 )
-from fastgdr.data.train_dataset import TrainSampler, clipped_box
+from fastgdr.data.train_dataset import ObjectAssets, TrainSampler, canonical_pose_targets, clipped_box
 
 
 def test_no_symmetry_gives_identity_only():
@@ -102,3 +103,51 @@ def test_sampler_shards_batches_and_resumes():
     assert list(TrainSampler(3, 4, start_iter=2)) == full[8:]
     with pytest.raises(ValueError):
         TrainSampler(3, 5, world_size=2)
+
+
+def random_rotation(rng):
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q * np.linalg.det(q)
+
+
+def block_symmetries():
+    flips = [np.eye(4)] + [np.eye(4) for _ in range(3)]
+    for T, axis in zip(flips[1:], np.eye(3)):
+        T[:3, :3] = np.round(rotation_about_axis(axis, math.pi))
+    return symmetry_transformations([T for T in flips[1:]], [])
+
+
+def test_canonical_index_picks_the_equivalent_nearest_the_identity():
+    R_sym, _ = block_symmetries()
+    for k in range(4):  # R_allo = S_k^T, so R_allo S_k = I
+        assert canonical_symmetry_index(R_sym[k].T, R_sym) == k
+    assert canonical_symmetry_index(np.eye(3), np.stack([np.eye(3), np.eye(3)])) == 0  # ties: the first
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        R = random_rotation(rng)
+        angles = [np.arccos(np.clip((np.trace(R @ S) - 1) / 2, -1, 1)) for S in R_sym]
+        assert canonical_symmetry_index(R, R_sym) == int(np.argmin(angles))
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous with offset"])
+def test_symmetric_equivalents_get_identical_canonical_targets(kind):
+    if kind == "discrete":
+        R_sym, t_sym = block_symmetries()
+    else:
+        R_sym, t_sym = symmetry_transformations([], [(np.array([0.0, 0.0, 1.0]), np.array([5.0, -3.0, 0.0]))])
+    assets = ObjectAssets(np.ones(3), np.zeros((4, 3)), np.zeros((4, 3)), R_sym, t_sym / 1000.0)
+    rng = np.random.default_rng(1)
+    points = rng.normal(scale=0.03, size=(6, 5, 3))  # an (H, W, 3) "rendered" coordinate map in m
+    for _ in range(5):
+        R, t = random_rotation(rng), np.array([0.05, -0.03, 0.6])
+        reference = canonical_pose_targets(R, t, points, assets)
+        for j in rng.choice(len(R_sym), size=4, replace=False):
+            S, s = R_sym[j], t_sym[j] / 1000.0
+            # the same scene described by the equivalent pose (R S, R s + t): X' = S^T (X − s)
+            other = canonical_pose_targets(R @ S, R @ s + t, (points - s) @ S, assets)
+            for a, b in zip(reference, other):
+                np.testing.assert_allclose(a, b, atol=1e-9)
+        # the canonical pose renders every point where the annotated pose does
+        R_c, t_c, xyz_c = reference
+        np.testing.assert_allclose(xyz_c @ R_c.T + t_c, points @ R.T + t, atol=1e-12)

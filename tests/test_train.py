@@ -47,6 +47,31 @@ def test_xyz_targets_project_back_to_their_pixels(plain_data):
         assert np.abs(out - np.stack([jj, ii], 1)).max() < 0.02
 
 
+def test_canonical_targets_are_a_pose_that_renders_the_same_pixels(tiny_dataset):
+    cfg = tiny_cfg("data.canonical_symmetry=true", "data.augment.color_prob=0", "data.augment.background_prob=0")
+    data = build_train_dataset(cfg, open_dataset(cfg, tiny_dataset), ["train_pbr"])
+    data.augment = None
+    changed = 0
+    for k in range(24):
+        sample = data[k]
+        index = data.instance_for(k)
+        inst = data.instances[index]
+        gt = data._scene(inst.split, inst.scene_id).gt[inst.im_id][inst.gt_index]
+        changed += not np.allclose(sample["rot"], gt.R, atol=1e-5)
+        mask = sample["xyz"].sum(0) > 0
+        ii, jj = np.nonzero(mask)
+        xyz_m = (sample["xyz"][:, ii, jj].T - 0.5) * sample["extent"]
+        cam = xyz_m @ sample["rot"].T + sample["trans"]
+        uv = cam[:, :2] / cam[:, 2:] * np.diag(sample["K"])[:2] + sample["K"][:2, 2]
+        A = crop_affine_matrix(sample["roi_center"], 32 / sample["resize_ratio"], 32)
+        assert np.abs(uv @ A[:, :2].T + A[:, 2] - np.stack([jj, ii], 1)).max() < 0.02
+        assets = data.assets[inst.obj_id]
+        allo = egocentric_to_allocentric(torch.from_numpy(sample["rot"]).double(), torch.from_numpy(sample["trans"]).double()).numpy()
+        traces = np.einsum("ij,kji->k", allo, assets.sym_rots)
+        assert traces[0] >= traces.max() - 1e-4  # the canonical pose is its own nearest-identity equivalent
+    assert changed > 0  # some symmetric instances were moved to another equivalent
+
+
 def test_visible_mask_is_inside_the_rendered_object(plain_data):
     sample = plain_data[1]
     on_object = sample["xyz"].sum(0) > 0

@@ -3,7 +3,7 @@
 Examples:
   python tools/test.py --ckpt runs/p/model_final.pth --data datasets/synth --split test \\
       --detections datasets/synth/detections/synth_default_detections_test.json --out runs/p/eval
-  python tools/test.py --ckpt runs/p/model_final.pth --data datasets/synth --out runs/p/eval --pnp
+  python tools/test.py --ckpt runs/p/model_final.pth --data datasets/synth --out runs/p/eval_epnp --decoder epnp-rot
   python tools/test.py --ckpt runs/p/model_final.pth --data datasets/synth --out runs/p/eval_fast --refine fast
   python tools/test.py --ckpt ycbv_model_final_wo_optim.pth --config configs/bm.yaml \\
       model.num_classes=21 --data /data/bop/ycbv --detections dets.json --out runs/ycbv_bm
@@ -37,7 +37,7 @@ from fastgdr.config import save_config
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import DATASET_CARDS, detect_card
 from fastgdr.data.detections import load_detections
-from fastgdr.engine.inference import PosePredictor, infer_dataset, load_model
+from fastgdr.engine.inference import DECODERS, PosePredictor, infer_dataset, load_model
 from fastgdr.errors import FastGDRError
 from fastgdr.models.fusion import fuse_for_inference
 from fastgdr.refine import REFINERS
@@ -58,7 +58,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--method", default="fastgdr", help="method name in the CSV file name (no '_')")
     parser.add_argument("--topk", type=int, help="detections kept per object and image (default: the card's, else all)")
     parser.add_argument("--score-threshold", type=float, help="drop detections below this score (default: the card's, else 0)")
-    parser.add_argument("--pnp", action="store_true", help="EPnP-RANSAC on predicted correspondences instead of direct regression")
+    parser.add_argument("--decoder", default="patchpnp", choices=list(DECODERS),
+                        help="patchpnp: Patch-PnP's rotation and SITE translation (GDRNPP's, default); epnp: "
+                             "EPnP-RANSAC on the predicted correspondences; epnp-rot: EPnP-RANSAC's rotation with "
+                             "Patch-PnP's translation")
     parser.add_argument("--refine", default="none", choices=REFINERS.names(),
                         help="depth refinement of the poses (default: none)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -106,7 +109,7 @@ def main() -> int:
 
         renderer = Renderer({obj_id: load_ply(dataset.model_path(obj_id)) for obj_id in dataset.obj_ids})
     predictor = PosePredictor(
-        model, labels, extents, cfg.model.input_res, cfg.model.input.channel_order, args.device, args.pnp,
+        model, labels, extents, cfg.model.input_res, cfg.model.input.channel_order, args.device, args.decoder,
         refine=args.refine, renderer=renderer,
     )
     estimates, stats = infer_dataset(
@@ -124,7 +127,7 @@ def main() -> int:
     save_config(cfg, args.out / "config.yaml")
     summary = {
         "checkpoint": str(args.ckpt), "detections": str(detections_path), "images": stats.images,
-        "estimates": stats.estimates, "pnp": args.pnp, "device": str(args.device), "fused_blocks": fused_blocks,
+        "estimates": stats.estimates, "decoder": args.decoder, "device": str(args.device), "fused_blocks": fused_blocks,
         "mean_network_seconds_per_image": stats.mean_seconds,
         "median_network_seconds_per_image": float(np.median(stats.network_seconds)) if stats.network_seconds else 0.0,
         "refine": args.refine, "results_csv": csv_path.name,

@@ -94,3 +94,22 @@ def region_labels(xyz: np.ndarray, mask: np.ndarray, fps_points: np.ndarray) -> 
         dist = np.sum((on[:, None, :] - fps_points[None, :, :]) ** 2, axis=2)
         labels[mask] = np.argmin(dist, axis=1) + 1
     return labels
+
+
+def canonical_symmetry_index(rot_allo: np.ndarray, sym_rots: np.ndarray) -> int:
+    """Index k of the symmetric equivalent ``rot_allo @ sym_rots[k]`` closest to the identity.
+
+    An object with symmetries looks the same under every ``R @ S_k``; a network that sees
+    only the image must therefore be given one of them as its target, chosen by the view
+    alone. Picking, in the allocentric frame (the rotation as seen by a camera looking
+    straight at the object, which fixes the object's appearance in its crop), the
+    equivalent nearest to the identity — the largest ``trace(R_allo S_k)`` — is such a
+    rule: the same appearance always gets the same target, except on the boundaries
+    between the choices. Ties go to the lowest index (the identity comes first).
+
+    Args:
+        rot_allo: (3, 3) allocentric rotation of the instance.
+        sym_rots: (S, 3, 3) object-frame symmetry rotations, identity first.
+    """
+    traces = np.einsum("ij,kji->k", np.asarray(rot_allo, dtype=np.float64), np.asarray(sym_rots, dtype=np.float64))
+    return int(np.argmax(traces))

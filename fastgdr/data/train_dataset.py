@@ -27,9 +27,14 @@ from fastgdr.config import AugmentConfig
 from fastgdr.data.augment import BackgroundSource, color_augment, replace_background, truncate_mask
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.mesh import Mesh, load_ply
-from fastgdr.data.symmetry import farthest_point_sampling, region_labels, symmetry_transformations
+from fastgdr.data.symmetry import (
+    canonical_symmetry_index,
+    farthest_point_sampling,
+    region_labels,
+    symmetry_transformations,
+)
 from fastgdr.errors import DatasetError
-from fastgdr.geometry import coord_2d_map, crop_resize, zoom_camera_matrix
+from fastgdr.geometry import coord_2d_map, crop_resize, egocentric_to_allocentric, zoom_camera_matrix
 from fastgdr.losses.gdrn import GDRNTargets
 
 
@@ -54,6 +59,7 @@ class ObjectAssets:
     fps_points: np.ndarray  # (R, 3) region centres
     model_points: np.ndarray  # (N, 3) points for the point-matching loss
     sym_rots: np.ndarray  # (S, 3, 3) symmetry rotations, identity first
+    sym_trans: np.ndarray  # (S, 3) symmetry translations (m), matching ``sym_rots``
 
 
 def index_train_instances(
@@ -100,14 +106,42 @@ def build_object_assets(
     for obj_id, mesh in meshes.items():
         info = dataset.models_info[obj_id]
         vertices = mesh.vertices.astype(np.float64) / 1000.0
-        sym_R, _ = symmetry_transformations(info.symmetries_discrete, info.symmetries_continuous)
+        sym_R, sym_t = symmetry_transformations(info.symmetries_discrete, info.symmetries_continuous)
         assets[obj_id] = ObjectAssets(
             extents=np.asarray(info.extents, dtype=np.float64) / 1000.0,
             fps_points=farthest_point_sampling(vertices, num_regions),
             model_points=vertices[rng.choice(len(vertices), count, replace=False)],
             sym_rots=sym_R,
+            sym_trans=sym_t / 1000.0,
         )
     return assets
+
+
+def canonical_pose_targets(
+    R: np.ndarray, t: np.ndarray, xyz: np.ndarray, assets: ObjectAssets
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pose and coordinate targets of the symmetric equivalent the view selects.
+
+    A symmetry (S, s) maps the object onto itself, so the pose (R S, R s + t) renders the
+    same image as (R, t); a model point X of the annotated pose is the point
+    S^T (X − s) of the equivalent one. Which equivalent is chosen depends only on the
+    allocentric rotation (:func:`~fastgdr.data.symmetry.canonical_symmetry_index`), so
+    that views that look the same get the same targets: without this, the L1-optimal
+    coordinate map of a symmetric object is the blur of its equivalents.
+
+    Args:
+        R: (3, 3) annotated rotation (model → camera).
+        t: (3,) annotated translation in m.
+        xyz: (H, W, 3) model coordinates (m) rendered at the annotated pose.
+        assets: the object's symmetries (``sym_rots``, ``sym_trans`` in m).
+
+    Returns:
+        (R', t', xyz') of the chosen equivalent (xyz' is meaningful where xyz is).
+    """
+    rot_allo = egocentric_to_allocentric(torch.from_numpy(R), torch.from_numpy(t)).numpy()
+    k = canonical_symmetry_index(rot_allo, assets.sym_rots)
+    S, s = assets.sym_rots[k], assets.sym_trans[k]
+    return R @ S, R @ s + t, (xyz - s) @ S
 
 
 def clipped_box(bbox_xywh: Sequence[float], width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +182,9 @@ class GDRNTrainDataset(Dataset):
         channel_order: order of the returned crop (the model's input convention).
         min_mask_pixels: samples whose visible 64×64 mask is smaller are redrawn.
         seed: seeds the instance order and every augmentation.
+        canonical_symmetry: give symmetric objects the pose targets (rotation, translation,
+            coordinates, regions) of the symmetric equivalent chosen by the view (see
+            :func:`canonical_pose_targets`) instead of the annotated one.
     """
 
     def __init__(
@@ -162,6 +199,7 @@ class GDRNTrainDataset(Dataset):
         channel_order: str = "BGR",
         min_mask_pixels: int = 32,
         seed: int = 0,
+        canonical_symmetry: bool = False,
     ) -> None:
         self.dataset = dataset
         self.instances = list(instances)
@@ -172,6 +210,7 @@ class GDRNTrainDataset(Dataset):
         self.channel_order = channel_order
         self.min_mask_pixels = min_mask_pixels
         self.seed = seed
+        self.canonical_symmetry = canonical_symmetry
         self.backgrounds = BackgroundSource(augment.background_dir if augment else None)
         self._renderer = None
         self._scenes: dict[tuple[str, int], object] = {}
@@ -250,20 +289,26 @@ class GDRNTrainDataset(Dataset):
             crop = crop[..., ::-1]
 
         K_crop = zoom_camera_matrix(camera.K, center, crop_size, self.output_res)
+        R_gt = np.asarray(gt.R, dtype=np.float64)
         t_mm = np.asarray(gt.t, dtype=np.float64)
-        render = self.renderer.render([(inst.obj_id, gt.R, t_mm)], K_crop, self.output_res, self.output_res)
+        render = self.renderer.render([(inst.obj_id, R_gt, t_mm)], K_crop, self.output_res, self.output_res)
         on_object = render.instance >= 0
         keep_out = cv2.resize(keep.astype(np.uint8), (self.output_res, self.output_res), interpolation=cv2.INTER_NEAREST) > 0
-        visible = (crop_resize(visible_full.astype(np.uint8), center, crop_size, self.output_res, cv2.INTER_NEAREST) > 0)
-        visible &= on_object & keep_out
+        # GDRNPP: coordinates and regions are supervised on the visible mask before the
+        # truncation cut, the visible-mask loss on the cut one.
+        mask_xyz = (crop_resize(visible_full.astype(np.uint8), center, crop_size, self.output_res, cv2.INTER_NEAREST) > 0)
+        mask_xyz &= on_object
+        visible = mask_xyz & keep_out
         amodal = crop_resize(amodal_full.astype(np.uint8), center, crop_size, self.output_res, cv2.INTER_NEAREST) > 0
 
         assets = self.assets[inst.obj_id]
         xyz_m = render.xyz.astype(np.float64) / 1000.0
+        t_m = t_mm / 1000.0
+        if self.canonical_symmetry and len(assets.sym_rots) > 1:
+            R_gt, t_m, xyz_m = canonical_pose_targets(R_gt, t_m, xyz_m, assets)
         xyz_norm = np.where(on_object[..., None], xyz_m / assets.extents + 0.5, 0.0)
         regions = region_labels(xyz_m, on_object, assets.fps_points)
 
-        t_m = t_mm / 1000.0
         origin_px = (camera.K @ t_m)[:2] / t_m[2]
         site = np.array([
             (origin_px[0] - center[0]) / box_size[0],
@@ -279,9 +324,10 @@ class GDRNTrainDataset(Dataset):
             "extent": assets.extents.astype(np.float32),
             "xyz": np.ascontiguousarray(xyz_norm.transpose(2, 0, 1), dtype=np.float32),
             "mask_visible": visible.astype(np.float32),
+            "mask_xyz": mask_xyz.astype(np.float32),
             "mask_amodal": amodal.astype(np.float32),
             "region": regions,
-            "rot": np.asarray(gt.R, dtype=np.float32),
+            "rot": R_gt.astype(np.float32),
             "trans": t_m.astype(np.float32),
             "site": site.astype(np.float32),
             "roi_center": center.astype(np.float32),
@@ -331,6 +377,7 @@ class CollateTargets:
         targets = GDRNTargets(
             xyz=stack("xyz"),
             mask_visible=stack("mask_visible"),
+            mask_xyz=stack("mask_xyz"),
             mask_amodal=stack("mask_amodal"),
             region=stack("region"),
             rot=stack("rot"),

@@ -2,9 +2,9 @@
 
 Every detection is cropped around its box centre with side 1.5 × the longer box side
 (clipped to the image size), all ROIs of an image go through the network in one batch,
-and the pose is decoded from the allocentric rot6d and the SITE translation (or, with
-``pnp=True``, solved by EPnP-RANSAC from the predicted 2D–3D correspondences). With a
-depth refiner (``refine="fast"`` or ``"icp"``, see :mod:`fastgdr.refine`) the poses are
+and the pose is decoded by one of :data:`DECODERS`: from Patch-PnP's allocentric rot6d
+and SITE translation (GDRNPP's), by EPnP-RANSAC from the predicted 2D–3D correspondences,
+or with EPnP-RANSAC's rotation and Patch-PnP's translation. With a depth refiner (``refine="fast"`` or ``"icp"``, see :mod:`fastgdr.refine`) the poses are
 then refined with the image's sensor depth.
 """
 
@@ -31,6 +31,13 @@ if TYPE_CHECKING:
     from fastgdr.render import Renderer
 
 PAD_SCALE = 1.5
+
+# Pose decoders: name → (rotation from EPnP-RANSAC, translation from EPnP-RANSAC).
+DECODERS: dict[str, tuple[bool, bool]] = {
+    "patchpnp": (False, False),  # GDRNPP: Patch-PnP's rot6d and SITE
+    "epnp": (True, True),  # EPnP-RANSAC on the predicted correspondences
+    "epnp-rot": (True, False),  # EPnP-RANSAC's rotation, Patch-PnP's SITE translation
+}
 
 
 def load_model(
@@ -90,7 +97,8 @@ class PosePredictor:
         input_res: crop side in px (256).
         channel_order: the model's input channel order (images are read BGR).
         device: where the network runs.
-        pnp: solve the pose by EPnP-RANSAC on the predicted correspondences.
+        decoder: how poses are read from the outputs, one of :data:`DECODERS`; where
+            EPnP-RANSAC finds no solution, Patch-PnP's pose is kept.
         refine: depth refiner applied by :meth:`refine` ("none", "fast", "icp").
         renderer: renderer with the object meshes (mm); required unless refine is "none".
     """
@@ -103,11 +111,13 @@ class PosePredictor:
         input_res: int = 256,
         channel_order: str = "BGR",
         device: torch.device | str = "cpu",
-        pnp: bool = False,
+        decoder: str = "patchpnp",
         refine: str = "none",
         renderer: Renderer | None = None,
     ) -> None:
         REFINERS.get(refine)  # an unknown name raises, listing the valid ones
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown pose decoder {decoder!r}; valid: {', '.join(DECODERS)}")
         if refine != "none" and renderer is None:
             raise ValueError(f"depth refinement {refine!r} needs a renderer with the object meshes")
         self.model = model.to(device).eval()
@@ -117,7 +127,7 @@ class PosePredictor:
         self.output_res = input_res // model.backbone_info.stride * 8
         self.channel_order = channel_order
         self.device = torch.device(device)
-        self.pnp = pnp
+        self.decoder = decoder
         self.refine_method = refine
         self.renderer = renderer
         self._coord_maps: dict[tuple[int, int], np.ndarray] = {}
@@ -163,11 +173,14 @@ class PosePredictor:
         R, t = decode_pose(out.rot6d, out.site, batch.centers, batch.whs, batch.resize_ratios, K_t)
         R_np = R.double().cpu().numpy()
         t_np = t.double().cpu().numpy() * 1000.0
-        if self.pnp:
+        epnp_rotation, epnp_translation = DECODERS[self.decoder]
+        if epnp_rotation or epnp_translation:
             for i, det in enumerate(detections):
                 solved = pnp_ransac_pose(out, batch, i, self.extents_m[det.obj_id], K, image_bgr.shape[1], image_bgr.shape[0])
                 if solved is not None:
-                    R_np[i], t_np[i] = solved
+                    R_np[i] = solved[0]
+                    if epnp_translation:
+                        t_np[i] = solved[1]
         return [PosePrediction(d, R_np[i], t_np[i]) for i, d in enumerate(detections)], out, batch
 
     @torch.inference_mode()

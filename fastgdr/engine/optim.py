@@ -4,7 +4,9 @@
   decay (GDRNPP's ``lib/torch_utils/solver/ranger.py`` behaviour, written from its
   description).
 - :func:`flat_and_anneal_lambda`: linear warm-up, flat, cosine anneal to 0; a factor for
-  :class:`torch.optim.lr_scheduler.LambdaLR` stepped every iteration.
+  :class:`torch.optim.lr_scheduler.LambdaLR` stepped every iteration
+  (:func:`flat_and_anneal_factor` is the same schedule over the fraction of a run done,
+  which also serves runs with a time budget).
 - :func:`build_optimizer`: optimizer by name from the :data:`OPTIMIZERS` registry.
 """
 
@@ -203,20 +205,32 @@ def flat_and_anneal_lambda(
         raise ValueError(f"flat_and_anneal: warmup_factor must be in [0, 1], got {warmup_factor}")
     if not 0.0 <= anneal_point <= 1.0:
         raise ValueError(f"flat_and_anneal: anneal_point must be in [0, 1], got {anneal_point}")
-    anneal_start = anneal_point * total_iters
 
     def factor(it: int) -> float:
-        warm = 1.0
-        if it < warmup_iters:
-            warm = warmup_factor + (1.0 - warmup_factor) * it / warmup_iters
-        if it >= total_iters:
-            return 0.0
-        if it < anneal_start:
-            return warm
-        progress = (it - anneal_start) / (total_iters - anneal_start)
-        return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return flat_and_anneal_factor(it, it / total_iters, warmup_iters, warmup_factor, anneal_point)
 
     return factor
+
+
+def flat_and_anneal_factor(
+    it: int, progress: float, warmup_iters: int, warmup_factor: float, anneal_point: float
+) -> float:
+    """The flat-and-anneal factor at iteration ``it`` and training progress ``progress``.
+
+    The warm-up counts iterations; the cosine runs over progress, the fraction of the run
+    done (``it / total_iters`` for a run of fixed length, the fraction of the time budget
+    used for a timed run): ``warm(it) · anneal(progress)`` with ``anneal = 1`` before
+    ``anneal_point``, ``½ (1 + cos(π (progress − a) / (1 − a)))`` after, 0 from progress 1.
+    """
+    warm = 1.0
+    if it < warmup_iters:
+        warm = warmup_factor + (1.0 - warmup_factor) * it / warmup_iters
+    if progress >= 1.0:
+        return 0.0
+    if progress < anneal_point:
+        return warm
+    done = (progress - anneal_point) / (1.0 - anneal_point)
+    return warm * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 OptimizerFactory = Callable[[ParamsT, float, float], torch.optim.Optimizer]

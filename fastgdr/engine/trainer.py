@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fastgdr._compat import cpu_has_native_bf16
 from fastgdr.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from fastgdr.config import Config, KDConfig, save_config, to_dict
 from fastgdr.data.bop import BopDataset
@@ -46,7 +47,7 @@ from fastgdr.data.train_dataset import (
 )
 from fastgdr.engine.distiller import Distiller, build_distiller
 from fastgdr.engine.logger import MetricLogger
-from fastgdr.engine.optim import build_optimizer, flat_and_anneal_lambda
+from fastgdr.engine.optim import build_optimizer, flat_and_anneal_factor
 from fastgdr.errors import CheckpointError, ConfigError
 from fastgdr.losses.gdrn import GDRNTargets, gdrn_losses, total_loss
 from fastgdr.models import GDRNPoseNet
@@ -111,15 +112,36 @@ def build_train_dataset(cfg: Config, dataset: BopDataset, splits: Sequence[str])
     return GDRNTrainDataset(
         dataset, instances, meshes, assets, cfg.data.augment, cfg.model.input_res,
         cfg.model.input_res // BACKBONE_STRIDE * 8, cfg.model.input.channel_order,
-        cfg.data.min_mask_pixels, cfg.train.seed,
+        cfg.data.min_mask_pixels, cfg.train.seed, cfg.data.canonical_symmetry,
     )
 
 
+# Upper bound on the iterations of a run that only a time budget ends.
+UNBOUNDED_ITERATIONS = 10**9
+
+
 def total_iterations(cfg: Config, num_instances: int) -> int:
-    """``train.iterations``, or ``epochs`` passes over the instances at ``batch_size``."""
+    """``train.iterations``; else, without a time budget, ``epochs`` passes over the
+    instances at ``batch_size``; else :data:`UNBOUNDED_ITERATIONS` (the budget ends the run)."""
     if cfg.train.iterations is not None:
         return cfg.train.iterations
+    if cfg.train.time_budget_minutes is not None:
+        return UNBOUNDED_ITERATIONS
     return max(1, math.ceil(cfg.train.epochs * num_instances / cfg.train.batch_size))
+
+
+DEPTH_INIT_SAMPLES = 64
+
+
+def mean_depth_target(data: GDRNTrainDataset, count: int = DEPTH_INIT_SAMPLES) -> float:
+    """Mean δz (the SITE depth target) over the first ``count`` training samples."""
+    return float(np.mean([data[k]["site"][2] for k in range(min(count, len(data)))]))
+
+
+def amp_enabled(cfg: Config, device: torch.device) -> bool:
+    """Whether training runs under bf16 autocast: ``train.amp`` on CUDA, or on a CPU with
+    native bf16 arithmetic (elsewhere bf16 would be emulated and slower than fp32)."""
+    return cfg.train.amp and (device.type == "cuda" or cpu_has_native_bf16())
 
 
 def targets_to(targets: GDRNTargets, device: torch.device) -> GDRNTargets:
@@ -141,6 +163,65 @@ def _set_rng_state(state: dict) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
+
+
+class RunClock:
+    """Training progress, by iterations and, for a run with a time budget, by wall clock.
+
+    ``progress(it)`` is the fraction of the run done: ``it / iterations``, or the larger of
+    that and the fraction of the budget used. Time counts from :meth:`start` (the
+    training loop, data loading included) plus what a resumed run had used before. With
+    several processes, :meth:`sync` makes every rank use rank 0's clock, so that all stop
+    at the same iteration.
+    """
+
+    def __init__(self, iterations: int, budget_minutes: float | None) -> None:
+        self.iterations = iterations
+        self.budget_seconds = None if budget_minutes is None else 60.0 * budget_minutes
+        self.elapsed_before = 0.0
+        self._started: float | None = None
+        self._synced: float | None = None
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds of training so far (including earlier runs of a resumed job)."""
+        if self._synced is not None:
+            return self._synced
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self.elapsed_before + running
+
+    def sync(self, dist_info: DistInfo, device: torch.device) -> None:
+        if dist_info.world_size == 1 or self.budget_seconds is None:
+            return
+        self._synced = None
+        value = torch.tensor([self.elapsed()], dtype=torch.float64, device=device)
+        dist.broadcast(value, src=0)
+        self._synced = float(value.item())
+
+    def progress(self, iteration: int) -> float:
+        done = iteration / max(self.iterations, 1)
+        if self.budget_seconds is not None:
+            done = max(done, self.elapsed() / self.budget_seconds)
+        return done
+
+
+class SnapshotWriter:
+    """Saves the weights as ``snapshots/model_<percent>.pth`` when the run passes each of
+    ``fractions`` (those already passed at the start, when resuming, are not rewritten)."""
+
+    def __init__(self, out_dir: Path, fractions: Sequence[float], progress: float) -> None:
+        self.folder = out_dir / "snapshots"
+        self.pending = sorted(f for f in set(fractions) if f > progress)
+
+    def write_due(self, model: torch.nn.Module, progress: float, iteration: int, elapsed: float, config: dict) -> None:
+        while self.pending and progress >= self.pending[0]:
+            fraction = self.pending.pop(0)
+            save_checkpoint(
+                self.folder / f"model_{round(100 * fraction):03d}.pth", model, config=config,
+                iteration=iteration, elapsed_seconds=elapsed, fraction=fraction,
+            )
 
 
 @dataclass
@@ -185,7 +266,14 @@ def train(
     iterations = total_iterations(cfg, len(data))
 
     torch.manual_seed(cfg.train.seed)
-    model = GDRNPoseNet.from_config(cfg.model).to(device)
+    model = GDRNPoseNet.from_config(cfg.model)
+    if cfg.train.head_init == "torch":
+        model.geo_head_net.reset_to_torch_init()
+        model.pnp_net.reset_to_torch_init()
+    if cfg.train.init_depth_from_data and init is None:
+        with torch.no_grad():
+            model.pnp_net.fc_t.bias[2] = mean_depth_target(data)
+    model = model.to(device)
     if model.backbone_info.stride != BACKBONE_STRIDE:
         raise ConfigError(
             f"backbone {cfg.model.backbone.name} has stride {model.backbone_info.stride}; "
@@ -204,9 +292,12 @@ def train(
     param_groups = [{"params": list(model.parameters())}]
     if distiller is not None and any(True for _ in distiller.parameters()):
         param_groups.append({"params": list(distiller.parameters()), "lr": cfg.kd.feature.adapter_lr, "weight_decay": 0.0})
-    optimizer = build_optimizer(cfg.train.optimizer, param_groups, cfg.train.lr, cfg.train.weight_decay)
-    schedule = flat_and_anneal_lambda(max(iterations, 1), cfg.train.warmup_iters, cfg.train.warmup_factor, cfg.train.anneal_point)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer = build_optimizer(cfg.train.optimizer, param_groups, cfg.train.scaled_lr, cfg.train.weight_decay)
+    clock = RunClock(iterations, cfg.train.time_budget_minutes)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda it: flat_and_anneal_factor(it, clock.progress(it), cfg.train.warmup_iters, cfg.train.warmup_factor, cfg.train.anneal_point),
+    )
 
     start_iter = 0
     checkpoint_path = out_dir / LAST_CHECKPOINT
@@ -223,6 +314,7 @@ def train(
         if distiller is not None:
             distiller.load_state_dict(state["distiller"])
         optimizer.load_state_dict(state["optimizer"])
+        clock.elapsed_before = float(state.get("elapsed_seconds", 0.0))
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         start_iter = int(state["iteration"])
@@ -244,10 +336,14 @@ def train(
         multiprocessing_context="spawn" if cfg.data.num_workers > 0 else None,
     )
     logger = MetricLogger(out_dir, start_iter) if dist_info.is_main else None
-    bar = tqdm(total=iterations, initial=start_iter, disable=not (progress and dist_info.is_main), desc="train", dynamic_ncols=True)
+    total_for_bar = iterations if iterations != UNBOUNDED_ITERATIONS else None
+    bar = tqdm(total=total_for_bar, initial=start_iter, disable=not (progress and dist_info.is_main), desc="train", dynamic_ncols=True)
+    snapshots = SnapshotWriter(out_dir, cfg.train.snapshots, clock.progress(start_iter)) if dist_info.is_main else None
+    use_amp = amp_enabled(cfg, device)
     losses_float: dict[str, float] = {}
     model.train()
-    tick = time.perf_counter()
+    clock.start()
+    tick, last_logged = time.perf_counter(), start_iter
     iteration = start_iter
     for batch in loader:
         images = batch["images"].to(device, non_blocking=True)
@@ -255,7 +351,7 @@ def train(
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets_to(batch["targets"], device)
         roi_classes = batch["roi_classes"].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda_extras and cfg.train.amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             out = train_model(images, roi_classes, batch["roi_coord_2d"].to(device), batch["roi_extents"].to(device))
         out = replace(out, **{f.name: getattr(out, f.name).float() for f in fields(out)})
         losses = gdrn_losses(out, targets, cfg.train.loss_weights)
@@ -266,27 +362,35 @@ def train(
             raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}: {({k: v.item() for k, v in losses.items()})}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.train.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
         optimizer.step()
-        scheduler.step()
         iteration += 1
+        clock.sync(dist_info, device)
+        scheduler.step()
+        finished = clock.progress(iteration) >= 1.0
 
         if dist_info.is_main:
             losses_float = {k: v.item() for k, v in losses.items()}
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             bar.update(1)
-            if iteration % cfg.train.log_period == 0 or iteration == iterations:
+            if iteration % cfg.train.log_period == 0 or finished:
                 now = time.perf_counter()
                 logger.log(iteration, {
                     "loss": loss.item(), **losses_float, "lr": scheduler.get_last_lr()[0],
-                    "sec_per_iter": (now - tick) / cfg.train.log_period,
+                    "sec_per_iter": (now - tick) / (iteration - last_logged), "minutes": clock.elapsed() / 60.0,
                 })
-                tick = now
-            if iteration % cfg.train.checkpoint_period == 0 or iteration == iterations:
+                tick, last_logged = now, iteration
+            snapshots.write_due(model, clock.progress(iteration), iteration, clock.elapsed(), to_dict(cfg))
+            if iteration % cfg.train.checkpoint_period == 0 or finished:
                 distiller_state = {"distiller": distiller.state_dict()} if distiller is not None else {}
                 save_checkpoint(
                     checkpoint_path, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    iteration=iteration, rng=_rng_state(), config=to_dict(cfg), **distiller_state,
+                    iteration=iteration, rng=_rng_state(), config=to_dict(cfg), elapsed_seconds=clock.elapsed(),
+                    **distiller_state,
                 )
+        if finished:
+            break
     bar.close()
     final = out_dir / FINAL_MODEL
     if dist_info.is_main:
@@ -295,7 +399,8 @@ def train(
         if cfg.kd.active:  # a record of how it was trained; the student's own config distils nothing
             extra["distillation"] = to_dict(cfg.kd)
         student_cfg = replace(cfg, kd=KDConfig())
-        save_checkpoint(final, model, config=to_dict(student_cfg), iteration=iteration, **extra)
+        save_checkpoint(final, model, config=to_dict(student_cfg), iteration=iteration,
+                        elapsed_seconds=clock.elapsed(), **extra)
     if dist_info.world_size > 1:
         dist.barrier()
     return TrainResult(final, iteration, losses_float)

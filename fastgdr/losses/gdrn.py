@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from fastgdr.config import LossWeights
+from fastgdr.geometry import egocentric_to_allocentric, rot6d_to_matrix, site_to_translation
 from fastgdr.models.pose_net import PoseNetOutput, decode_pose
 
 # GDRNPP's PM loss is 3 × the L1 mean over B × N × 3 (= the per-point L1 sum, averaged).
@@ -29,8 +32,10 @@ class GDRNTargets:
 
     Attributes:
         xyz: [B, 3, 64, 64] normalized GT object coordinates (0 where there is no object).
-        mask_visible: [B, 64, 64] float {0, 1} visible mask (GDRNPP's "trunc" mask); it
-            also selects the pixels of the coordinate and region losses.
+        mask_visible: [B, 64, 64] float {0, 1} visible mask after the truncation
+            augmentation (GDRNPP's "trunc" mask), the target of the visible-mask loss.
+        mask_xyz: [B, 64, 64] float {0, 1} visible mask before the truncation cut
+            (GDRNPP's "visib" mask): the pixels of the coordinate and region losses.
         mask_amodal: [B, 64, 64] float {0, 1} full silhouette.
         region: [B, 64, 64] int64 region label, 0 = background, 1..R = FPS region.
         rot: [B, 3, 3] GT egocentric rotation (model → camera).
@@ -46,6 +51,7 @@ class GDRNTargets:
 
     xyz: Tensor
     mask_visible: Tensor
+    mask_xyz: Tensor
     mask_amodal: Tensor
     region: Tensor
     rot: Tensor
@@ -64,6 +70,7 @@ def _target_shapes(batch: int, size: tuple[int, int]) -> dict[str, tuple[int | N
     return {
         "xyz": (batch, 3, h, w),
         "mask_visible": (batch, h, w),
+        "mask_xyz": (batch, h, w),
         "mask_amodal": (batch, h, w),
         "region": (batch, h, w),
         "rot": (batch, 3, 3),
@@ -134,19 +141,28 @@ def coordinate_losses(xyz: Tensor, xyz_gt: Tensor, mask: Tensor) -> tuple[Tensor
 
 
 def region_loss(logits: Tensor, region_gt: Tensor, mask: Tensor) -> Tensor:
-    """GDRNPP's region cross-entropy.
+    """GDRNPP's region cross-entropy, without its gradient-free constant.
 
-    ``CE_sum(logits · m, label · m) / max(Σ m, 1)``. Pixels outside the mask see all-zero
-    logits and label 0, so each contributes the gradient-free constant ``log(R + 1)``.
+    ``Σ_{m=1} CE(logits, label) / max(Σ m, 1)``: the cross-entropy summed over the masked
+    pixels, divided by their count. GDRNPP computes ``CE_sum(logits · m, label · m) /
+    max(Σ m, 1)``, in which every pixel outside the mask sees all-zero logits and label 0
+    and adds the constant ``log(R + 1)`` (see :func:`region_loss_constant`): the same
+    gradient, but a logged value dominated by a constant that hides whether the term falls.
 
     Args:
         logits: [B, R + 1, H, W] region logits, channel 0 = background.
         region_gt: [B, H, W] int64 labels in 0..R.
-        mask: [B, H, W] {0, 1} visible mask.
+        mask: [B, H, W] {0, 1} mask of the supervised pixels.
     """
-    target = region_gt * mask.to(region_gt.dtype)
-    ce = F.cross_entropy(logits * mask[:, None], target, reduction="sum")
-    return ce / mask.sum().clamp(min=1.0)
+    ce = F.cross_entropy(logits, region_gt, reduction="none")
+    return (ce * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def region_loss_constant(mask: Tensor, num_regions: int) -> Tensor:
+    """What GDRNPP's region loss adds to :func:`region_loss`: ``(B·H·W − Σ m) · log(R + 1) /
+    max(Σ m, 1)`` for a [B, H, W] mask (no gradient)."""
+    outside = mask.numel() - mask.sum()
+    return outside * math.log(num_regions + 1) / mask.sum().clamp(min=1.0)
 
 
 def point_matching_rotation_loss(
@@ -171,8 +187,28 @@ def point_matching_rotation_loss(
     return _PM_LOSS_SCALE * diff.abs().mean()
 
 
+def allocentric_rotation_loss(rot6d: Tensor, R_gt: Tensor, t_gt: Tensor, sym_rots: Tensor) -> Tensor:
+    """A direct, symmetry-aware loss on the regressed rotation (not in GDRNPP).
+
+    Mean L1 over the 9 entries between the predicted allocentric rotation and the GT
+    allocentric rotation's symmetric equivalent closest to it. Unlike the point-matching
+    term, it does not go through the predicted translation and does not scale with the
+    object's size, so the rotation output gets a signal of the same order as the
+    coordinate terms from the first iteration on.
+
+    Args:
+        rot6d: [B, 6] predicted allocentric rotation.
+        R_gt: [B, 3, 3] GT egocentric rotations.
+        t_gt: [B, 3] GT translations (any unit; only their direction is used).
+        sym_rots: [B, S, 3, 3] symmetry rotations.
+    """
+    R_pred = rot6d_to_matrix(rot6d)
+    R_target = closest_symmetric_rotation(R_pred, egocentric_to_allocentric(R_gt, t_gt), sym_rots)
+    return (R_pred - R_target).abs().mean()
+
+
 def _xyz_terms(out: PoseNetOutput, targets: GDRNTargets) -> dict[str, Tensor]:
-    loss_x, loss_y, loss_z = coordinate_losses(out.xyz, targets.xyz, targets.mask_visible)
+    loss_x, loss_y, loss_z = coordinate_losses(out.xyz, targets.xyz, targets.mask_xyz)
     return {"loss_coor_x": loss_x, "loss_coor_y": loss_y, "loss_coor_z": loss_z}
 
 
@@ -185,7 +221,7 @@ def _mask_amodal_term(out: PoseNetOutput, targets: GDRNTargets) -> dict[str, Ten
 
 
 def _region_term(out: PoseNetOutput, targets: GDRNTargets) -> dict[str, Tensor]:
-    return {"loss_region": region_loss(out.region, targets.region, targets.mask_visible)}
+    return {"loss_region": region_loss(out.region, targets.region, targets.mask_xyz)}
 
 
 def _pm_term(out: PoseNetOutput, targets: GDRNTargets) -> dict[str, Tensor]:
@@ -195,6 +231,11 @@ def _pm_term(out: PoseNetOutput, targets: GDRNTargets) -> dict[str, Tensor]:
     )
     loss = point_matching_rotation_loss(R_pred, targets.rot, targets.model_points, targets.sym_rots)
     return {"loss_PM_R": loss}
+
+
+def _rot_term(out: PoseNetOutput, targets: GDRNTargets) -> dict[str, Tensor]:
+    t_gt = site_to_translation(targets.site, targets.roi_centers, targets.roi_whs, targets.resize_ratios, targets.K)
+    return {"loss_rot": allocentric_rotation_loss(out.rot6d, targets.rot, t_gt, targets.sym_rots)}
 
 
 def _centroid_term(out: PoseNetOutput, targets: GDRNTargets) -> dict[str, Tensor]:
@@ -214,6 +255,7 @@ _TERMS: dict[str, _Term] = {
     "mask_amodal": _mask_amodal_term,
     "region": _region_term,
     "pm": _pm_term,
+    "rot": _rot_term,
     "centroid": _centroid_term,
     "z": _z_term,
 }
@@ -229,7 +271,8 @@ def gdrn_losses(
     raw visible / amodal mask outputs), ``loss_region`` (see :func:`region_loss`),
     ``loss_PM_R`` (see :func:`point_matching_rotation_loss`; the egocentric rotation is
     decoded with the *predicted* translation, so this term also has a gradient w.r.t.
-    ``site``), ``loss_centroid`` (mean L1 of δx, δy) and ``loss_z`` (mean L1 of δz).
+    ``site``), ``loss_rot`` (see :func:`allocentric_rotation_loss`; not in GDRNPP, weight 0
+    by default), ``loss_centroid`` (mean L1 of δx, δy) and ``loss_z`` (mean L1 of δz).
     Terms whose weight is 0 are neither computed nor returned.
 
     Args:

@@ -40,6 +40,13 @@ def init_gdrnpp_weights(module: nn.Module, std: float = 0.001) -> None:
             nn.init.zeros_(m.bias)
 
 
+def reset_to_torch_init(module: nn.Module) -> None:
+    """PyTorch's default init (``reset_parameters``) of every layer inside ``module``."""
+    for layer in module.modules():
+        if layer is not module and hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+
+
 class ConvGNAct(nn.Module):
     """3×3 conv (no bias) → GroupNorm → exact GELU; keys ``conv.*`` and ``norm.*``.
 
@@ -145,6 +152,12 @@ class GeometricHead(nn.Module):
         init_gdrnpp_weights(self)
         nn.init.normal_(self.out_layer.weight, std=0.01)
         nn.init.zeros_(self.out_layer.bias)
+
+    def reset_to_torch_init(self) -> None:
+        """PyTorch's default init of every layer. With GDRNPP's N(0, 0.001) conv weights
+        in front of GroupNorm, Adam's first steps change each weight by about its own size,
+        so short runs start with a head that random-walks (docs/training.md)."""
+        reset_to_torch_init(self)
 
     def forward_raw(self, features: torch.Tensor) -> torch.Tensor:
         """[B, in, h, w] → [B, (6 + R)·C, 8h, 8w] raw out-layer channels."""

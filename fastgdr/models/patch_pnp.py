@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fastgdr.config import PNP_CONV_LAYERS
-from fastgdr.models.geometric_head import init_gdrnpp_weights
+from fastgdr.models.geometric_head import init_gdrnpp_weights, reset_to_torch_init
 
 
 class PatchPnP(nn.Module):
@@ -62,6 +62,13 @@ class PatchPnP(nn.Module):
     def init_weights(self) -> None:
         """GDRNPP's training init: convs N(0, 0.001), GroupNorm (1, 0), fc N(0, 0.001)."""
         init_gdrnpp_weights(self)
+
+    def reset_to_torch_init(self) -> None:
+        """PyTorch's default init of every layer (fan-in-scaled uniform weights and biases).
+
+        With GDRNPP's N(0, 0.001) weights the rotation output starts input-independent and
+        a short run can collapse it to one rotation for all ROIs (docs/training.md)."""
+        reset_to_torch_init(self)
 
     def forward(
         self,
