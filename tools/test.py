@@ -37,7 +37,7 @@ from fastgdr.config import save_config
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import DATASET_CARDS, detect_card
 from fastgdr.data.detections import load_detections
-from fastgdr.engine.inference import DECODERS, PosePredictor, infer_dataset, load_model
+from fastgdr.engine.inference import DECODERS, build_predictor, infer_dataset, load_model
 from fastgdr.errors import FastGDRError
 from fastgdr.models.fusion import fuse_for_inference
 from fastgdr.refine import REFINERS
@@ -91,27 +91,11 @@ def main() -> int:
     card = DATASET_CARDS.get(args.dataset) if args.dataset else detect_card(args.data)
     dataset = BopDataset(args.data, card)
     dataset.check([args.split], require_gt=False)
-    if cfg.model.class_aware and model.num_classes != len(dataset.obj_ids):
-        raise FastGDRError(
-            f"the model predicts {model.num_classes} classes but {args.data} has {len(dataset.obj_ids)} objects"
-        )
     detections_path = args.detections or find_detections(args.data, args.split)
     detections = load_detections(detections_path)
     top_k = args.topk if args.topk is not None else (card.det_topk_per_obj if card else None)
     threshold = args.score_threshold if args.score_threshold is not None else (card.det_score_threshold if card else 0.0)
-
-    labels = {obj_id: (dataset.label_of(obj_id) if cfg.model.class_aware else 0) for obj_id in dataset.obj_ids}
-    extents = {obj_id: dataset.models_info[obj_id].extents for obj_id in dataset.obj_ids}
-    renderer = None
-    if args.refine != "none":
-        from fastgdr.data.mesh import load_ply
-        from fastgdr.render import Renderer
-
-        renderer = Renderer({obj_id: load_ply(dataset.model_path(obj_id)) for obj_id in dataset.obj_ids})
-    predictor = PosePredictor(
-        model, labels, extents, cfg.model.input_res, cfg.model.input.channel_order, args.device, args.decoder,
-        refine=args.refine, renderer=renderer,
-    )
+    predictor = build_predictor(model, cfg, dataset, args.decoder, args.refine, args.device)
     estimates, stats = infer_dataset(
         predictor, dataset, args.split, detections, top_k, threshold,
         progress=lambda keys: tqdm(keys, desc="images", unit="img"),

@@ -22,7 +22,7 @@ import torch
 from fastgdr.checkpoint import load_weights, read_checkpoint
 from fastgdr.config import Config, from_dict, load_config
 from fastgdr.data.detections import Detection
-from fastgdr.errors import CheckpointError, DatasetError
+from fastgdr.errors import CheckpointError, DatasetError, FastGDRError
 from fastgdr.geometry import coord_2d_map, crop_resize, test_time_crop
 from fastgdr.models import GDRNPoseNet, PoseNetOutput, decode_pose
 from fastgdr.refine import REFINERS, RefineStats, RefineTarget, refine_poses
@@ -222,6 +222,41 @@ class PosePredictor:
             self.refine_method, targets, depth_mm, depth_scale, K, image_hw, self.renderer, stats, self.device
         )
         return [PosePrediction(p.detection, R, t) for p, (R, t) in zip(poses, refined)]
+
+
+def build_predictor(
+    model: GDRNPoseNet,
+    cfg: Config,
+    dataset,
+    decoder: str = "patchpnp",
+    refine: str = "none",
+    device: torch.device | str = "cpu",
+) -> PosePredictor:
+    """The predictor of ``model`` (built from ``cfg``) for the objects of a BOP ``dataset``.
+
+    Class labels follow the dataset's object order (all 0 for a class-agnostic head);
+    extents come from models_info.json; refinement renders the meshes of ``models/``.
+
+    Raises:
+        FastGDRError: if a class-aware model predicts another number of classes than the
+            dataset has objects.
+    """
+    if cfg.model.class_aware and model.num_classes != len(dataset.obj_ids):
+        raise FastGDRError(
+            f"the model predicts {model.num_classes} classes but {dataset.root} has {len(dataset.obj_ids)} objects"
+        )
+    labels = {obj_id: (dataset.label_of(obj_id) if cfg.model.class_aware else 0) for obj_id in dataset.obj_ids}
+    extents = {obj_id: dataset.models_info[obj_id].extents for obj_id in dataset.obj_ids}
+    renderer = None
+    if refine != "none":
+        from fastgdr.data.mesh import load_ply
+        from fastgdr.render import Renderer
+
+        renderer = Renderer({obj_id: load_ply(dataset.model_path(obj_id)) for obj_id in dataset.obj_ids})
+    return PosePredictor(
+        model, labels, extents, cfg.model.input_res, cfg.model.input.channel_order, device, decoder,
+        refine=refine, renderer=renderer,
+    )
 
 
 def mask_probability(mask: torch.Tensor) -> torch.Tensor:
