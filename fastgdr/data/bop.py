@@ -9,8 +9,9 @@ Layout (one dataset root)::
                         depth/{IM:06d}.png|.tif  mask/ mask_visib/{IM:06d}_{GT:06d}.png
 
 Units and conventions: model coordinates, model sizes and translations are in mm; depth
-images are returned in mm (stored value × ``depth_scale``); image coordinates are in px
-with integer values at pixel centres; rotations are row-major 3×3 matrices; ``R, t`` map
+images are returned in mm (stored value × ``depth_scale``); image coordinates are in px,
+pixel (row i, column j) covering [j, j + 1) × [i, i + 1) as the BOP toolkit renders them
+(:mod:`fastgdr.render.renderer`); rotations are row-major 3×3 matrices; ``R, t`` map
 model to camera coordinates (OpenCV camera, looking along +Z). Images are returned as
 BGR uint8, as OpenCV reads them.
 
