@@ -3,6 +3,7 @@
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -458,3 +459,36 @@ def test_golden_scores_of_the_plate(tmp_path):
     assert result.scores == pytest.approx(PLATE_SCORES, abs=1e-6)
     np.testing.assert_allclose(result.recalls["vsd"][:3], 0.0)
     np.testing.assert_allclose(result.recalls["vsd"][3:], np.tile([0.0] * 5 + [1.0] * 5, (7, 1)))
+
+
+def test_tool_needs_only_what_the_toolkit_reads(tmp_path):
+    """Depth, scene_camera, scene_gt, scene_gt_info, models_eval and the targets file: no
+    rgb/, no models/, no camera.json (the image size then comes from the depth images)."""
+    root = write_plate_dataset(tmp_path / "plate", models=False, rgb=False, camera_file=False)
+    results = tmp_path / "mymethod_plate-test.csv"
+    save_results(results, plate_estimates())
+    run = eval_tool("--results", str(results), "--data", str(root), "--out", str(tmp_path / "eval"))
+    assert run.returncode == 0, run.stderr
+    scores = json.loads((tmp_path / "eval" / "scores_bop19.json").read_text())
+    assert {k: scores[k] for k in PLATE_SCORES} == pytest.approx(PLATE_SCORES, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "remove, message",
+    [
+        ("test/000001/depth/000001.png", "depth: image 1: no depth file 000001.png or 000001.tif (VSD needs"),
+        ("test/000001/scene_gt_info.json", "scene_gt_info.json: file not found (the evaluation needs visib_fract"),
+        ("models_eval/obj_000001.ply", "obj_000001.ply: model file not found (object 1, a target object)"),
+        ("models_eval", "models_eval: folder not found"),
+    ],
+)
+def test_check_evaluation_names_what_is_missing(tmp_path, remove, message):
+    from fastgdr.errors import DatasetError
+
+    root = write_plate_dataset(tmp_path / "plate", models=False, rgb=False, camera_file=False)
+    dataset = BopDataset(root)
+    assert [t.im_id for t in dataset.check_evaluation("test", depth=True)] == [0, 1]
+    path = root / remove
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        BopDataset(root).check_evaluation("test", depth=True)

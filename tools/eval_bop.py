@@ -10,7 +10,9 @@ The results file is validated first (BOP format: header scene_id,im_id,obj_id,sc
 R row-major, t in mm, one time per image) and must be named
 METHOD_DATASET-SPLIT[-SPLITTYPE][_ID].csv with no '_' in METHOD; the split folder is
 SPLIT[_SPLITTYPE] unless --split is given. Targets come from DATA/test_targets_bop19.json,
-errors from DATA/models_eval. Writes OUT/scores_bop19.json (the BOP keys
+errors from DATA/models_eval. The dataset needs only what the BOP toolkit reads: per target
+scene scene_camera.json, scene_gt.json, scene_gt_info.json and depth/ (for VSD), plus
+models_eval/ and the targets file (no rgb/, masks, models/ or camera.json). Writes OUT/scores_bop19.json (the BOP keys
 bop19_average_recall[_vsd|_mssd|_mspd], bop19_average_time_per_image, plus
 add_s_recall_0.02/0.05/0.10 and the mean rotation / translation error of the estimates
 matched at 0.10·d), OUT/per_object.csv and OUT/scores.md.
@@ -65,8 +67,11 @@ def main() -> int:
         )
     split = args.split or (f"{split}_{split_type}" if split_type else split)
     dataset = BopDataset(args.data, card)
-    dataset.check([split], depth="vsd" in error_types)
-    result = evaluate(dataset, estimates, split=split, error_types=error_types, device=args.device, progress=True)
+    # only what the evaluation reads: no colour images, masks, models/ or camera.json needed
+    targets = dataset.check_evaluation(split, depth="vsd" in error_types)
+    result = evaluate(
+        dataset, estimates, split=split, targets=targets, error_types=error_types, device=args.device, progress=True
+    )
     paths = write_scores(result, args.out)
     print(format_scores(result))
     print(f"scores written to {paths['scores']}")

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 
@@ -374,7 +375,7 @@ def evaluate(
     device = torch.device(device)
     obj_ids = sorted({t.obj_id for t in targets})
     models = {obj_id: _load_model(dataset, obj_id, device) for obj_id in obj_ids}
-    width, height = dataset.image_size
+    width, height = _image_size(dataset, split, per_image)
     renderer = None
     if backend is None:
         if "vsd" in error_types:
@@ -401,6 +402,24 @@ def evaluate(
         if renderer is not None:
             renderer.close()
     return tally.result(len(targets), average_time_per_image(estimates))
+
+
+def _image_size(dataset: BopDataset, split: str, per_image: dict[tuple[int, int], dict[int, int]]) -> tuple[int, int]:
+    """(width, height): the card's or the camera file's; without either (the evaluation needs
+    neither, as in the BOP toolkit) that of the first target image's depth."""
+    if dataset.card is not None or dataset.camera_path.is_file() or not per_image:
+        return dataset.image_size
+    scene_id, im_id = min(per_image)
+    try:
+        path = dataset.depth_path(split, scene_id, im_id)
+    except DatasetError as exc:
+        raise DatasetError(
+            f"{dataset.camera_path}: file not found, and no depth image to take the image size from ({exc})"
+        ) from None
+    depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if depth is None:
+        raise DatasetError(f"{path}: cannot be decoded as an image")
+    return int(depth.shape[1]), int(depth.shape[0])
 
 
 def average_time_per_image(estimates: Sequence[PoseEstimate]) -> float:
