@@ -238,8 +238,9 @@ def test_valid_gts_are_the_most_visible_ties_by_order():
 
 def sample_estimates() -> list[PoseEstimate]:
     rng = np.random.default_rng(0)
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
     return [
-        PoseEstimate(1, im, obj, float(rng.random()), rotation_about_axis(rng.normal(size=3) / 2, rng.random()),
+        PoseEstimate(1, im, obj, float(rng.random()), rotation_about_axis(unit(rng.normal(size=3)), rng.random()),
                      rng.normal(size=3) * 100 + [0, 0, 500], 0.123 + im)
         for im in range(3) for obj in (1, 2)
     ]
@@ -492,3 +493,110 @@ def test_check_evaluation_names_what_is_missing(tmp_path, remove, message):
     shutil.rmtree(path) if path.is_dir() else path.unlink()
     with pytest.raises(DatasetError, match=re.escape(message)):
         BopDataset(root).check_evaluation("test", depth=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Rotations that are not rotations, empty files, dataset names
+# ----------------------------------------------------------------------------------------
+
+SHEAR_03 = np.array([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_rotation_defect():
+    from fastgdr.eval.results import rotation_defect
+
+    R = rotation_about_axis(np.array([0.3, -0.4, 0.5]) / np.linalg.norm([0.3, -0.4, 0.5]), 1.2)
+    assert rotation_defect(R) is None
+    assert rotation_defect(np.round(R, 4)) is None  # a file written with 4 decimals
+    assert "RᵀR deviates from I by up to 0.3," in rotation_defect(R @ SHEAR_03)  # SᵀS - I
+    assert "RᵀR deviates from I by up to 0.75" in rotation_defect(0.5 * R)
+    assert rotation_defect(R @ np.diag([1.0, 1.0, -1.0])) == "det R = -1: a reflection"
+
+
+def write_with_non_rotations(path: Path) -> list[PoseEstimate]:
+    """15 estimates on lines 2..16; lines 3 (sheared), 5 (0.5·R), 7 (reflected) and every
+    line from 9 on (sheared) hold matrices that are not rotations: 11 of them."""
+    estimates = sample_estimates() + [e for _ in range(3) for e in sample_estimates()[:3]]
+    for k, estimate_ in enumerate(estimates):
+        line = k + 2  # line 1 is the header
+        if line == 5:
+            estimate_.R = 0.5 * estimate_.R
+        elif line == 7:
+            estimate_.R = estimate_.R @ np.diag([1.0, 1.0, -1.0])
+        elif line == 3 or line >= 9:
+            estimate_.R = estimate_.R @ SHEAR_03
+        estimate_.time = 0.5
+    save_results(path, estimates)
+    return estimates
+
+
+def test_non_rotations_warn_with_count_and_lines_or_are_refused(tmp_path):
+    from fastgdr.errors import ResultsWarning
+
+    path = tmp_path / "mymethod_synth-test.csv"
+    written = write_with_non_rotations(path)
+    with pytest.warns(ResultsWarning) as record:
+        loaded = load_results(path)
+    assert len(loaded) == len(written) and np.array_equal(loaded[1].R, written[1].R)  # scored as given
+    (message,) = [str(w.message) for w in record]
+    assert "11 of 15 estimates have an R that is not a rotation" in message
+    assert "on lines 3, 5, 7, 9, 10, 11, 12, 13, 14, 15 (the first 10 shown)" in message
+    assert "line 3: RᵀR deviates from I by up to 0.3," in message
+    with pytest.raises(ResultsFormatError, match=r"11 of 15 estimates .* \(refused in strict mode\)"):
+        load_results(path, strict=True)
+
+
+def test_empty_results_file_warns_or_is_refused(tmp_path):
+    from fastgdr.errors import ResultsWarning
+
+    path = tmp_path / "mymethod_synth-test.csv"
+    path.write_text("scene_id,im_id,obj_id,score,R,t,time\n")
+    with pytest.warns(ResultsWarning, match="the file holds no estimates: every target counts as a miss"):
+        assert load_results(path) == []
+    with pytest.raises(ResultsFormatError, match="holds no estimates"):
+        load_results(path, strict=True)
+
+
+def test_sheared_rotations_score_as_in_the_toolkit_with_a_rotation_error(synth):
+    """The GT poses with R · shear(0.3): scored as given (as the toolkit does), and the mean
+    rotation error of the matched estimates is 2·arcsin(0.3/√8) = 12.18°, not 0."""
+    dataset = BopDataset(synth)
+    sheared = [estimate(target, gt, 0.5, R=gt.R @ SHEAR_03) for target, gts in valid_instances(dataset) for _, gt in gts]
+    result = evaluate(dataset, sheared, error_types=("mssd", "ad"))
+    assert result.scores["add_s_recall_0.10"] > 0.5
+    assert result.scores["add_s_mean_rotation_error_deg"] == pytest.approx(math.degrees(2 * math.asin(0.3 / math.sqrt(8))))
+
+
+def test_check_dataset_name(tmp_path):
+    from fastgdr.errors import ResultsWarning
+    from fastgdr.eval.results import check_dataset_name
+
+    synth_folder = tmp_path / "synth"
+    check_dataset_name("m_synth-test.csv", synth_folder, None)  # the folder's own name: fine
+    check_dataset_name("m_lmo-test.csv", tmp_path / "lmo", "lmo")
+    with pytest.raises(ResultsFormatError, match="the file name says dataset 'ycbv' but .* is 'lmo'"):
+        check_dataset_name("m_ycbv-test.csv", tmp_path / "lmo", "lmo")
+    with pytest.warns(ResultsWarning, match="the file is named for dataset 'lmo', but .*synth is not recognized"):
+        check_dataset_name("m_lmo-test.csv", synth_folder, None)
+    with pytest.warns(ResultsWarning, match="unknown dataset name 'sytnh': neither a known BOP dataset"):
+        check_dataset_name("m_sytnh-test.csv", synth_folder, None)
+    with pytest.raises(ResultsFormatError, match="unknown dataset name 'sytnh'.*refused in strict mode"):
+        check_dataset_name("m_sytnh-test.csv", synth_folder, None, strict=True)
+
+
+def test_tool_warns_in_one_line_each_and_strict_refuses(synth, tmp_path):
+    dataset = BopDataset(synth)
+    estimates, _, _ = golden_exact_or_hopeless(dataset)
+    estimates[0].R = estimates[0].R @ SHEAR_03
+    results = tmp_path / "mymethod_lmo-test.csv"
+    save_results(results, estimates)
+    run = eval_tool("--results", str(results), "--data", str(synth), "--out", str(tmp_path / "eval"))
+    assert run.returncode == 0, run.stderr
+    warnings_ = [line for line in run.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings_) == 2 and "Traceback" not in run.stderr
+    assert "named for dataset 'lmo'" in warnings_[0]
+    assert f"1 of {len(estimates)} estimates have an R that is not a rotation (RᵀR = I within 0.001" in warnings_[1]
+    assert "on lines 2;" in warnings_[1]
+    run = eval_tool("--results", str(results), "--data", str(synth), "--out", str(tmp_path / "eval2"), "--strict")
+    assert run.returncode == 2 and "refused in strict mode" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "eval2").exists()

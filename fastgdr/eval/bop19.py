@@ -37,7 +37,10 @@ Scores (:attr:`EvalResult.scores`):
 * with "ad": ``add_s_recall_0.02``, ``add_s_recall_0.05``, ``add_s_recall_0.10`` (recall
   at θ·diameter), and ``add_s_mean_rotation_error_deg`` / ``add_s_mean_translation_error_mm``:
   the mean rotation error (degrees) and translation error (mm) over the estimates matched
-  at 0.10·diameter (NaN when none is matched).
+  at 0.10·diameter (NaN when none is matched). The rotation error is
+  :func:`~fastgdr.eval.batched_errors.rotation_errors`: the angle between rotations, and
+  never 0 for an estimated R that is not a rotation (results files may hold any matrix;
+  they are scored as given, as the toolkit does).
 """
 
 from __future__ import annotations
