@@ -19,7 +19,8 @@ BOP toolkit reads: models_eval/, the targets file and, per target scene, scene_c
 scene_gt.json, scene_gt_info.json and depth/ (for VSD); no rgb/, masks, models/ or
 camera.json. Writes OUT/scores_bop19.json (the BOP keys bop19_average_recall[_vsd|_mssd|_mspd],
 bop19_average_time_per_image, plus add_s_recall_0.02/0.05/0.10 and the mean rotation /
-translation error of the estimates matched at 0.10·d), OUT/per_object.csv and OUT/scores.md.
+translation error of the estimates matched at 0.10·d; the name and SHA-256 of the results
+file scored), OUT/per_object.csv and OUT/scores.md.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def main() -> int:
     result = evaluate(
         dataset, estimates, split=split, targets=targets, error_types=error_types, device=args.device, progress=True
     )
-    paths = write_scores(result, args.out)
+    paths = write_scores(result, args.out, results_file=args.results)
     print(format_scores(result))
     print(f"scores written to {paths['scores']}")
     return 0

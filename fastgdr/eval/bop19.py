@@ -62,7 +62,7 @@ from fastgdr.data.mesh import Mesh, load_ply
 from fastgdr.data.symmetry import symmetry_transformations
 from fastgdr.errors import DatasetError, FastGDRError
 from fastgdr.eval import batched_errors
-from fastgdr.eval.results import PoseEstimate
+from fastgdr.eval.results import RESULTS_FILE_KEY, RESULTS_SHA256_KEY, PoseEstimate, file_sha256
 
 ERROR_TYPES = ("vsd", "mssd", "mspd", "ad")
 VSD_TAUS = np.arange(0.05, 0.51, 0.05)  # × diameter
@@ -657,9 +657,35 @@ def _progress_callback(progress: bool | Callable[[int, int], None], total: int) 
 # ------------------------------------------------------------------------------------
 
 
-def write_scores(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
+SCORE_FILES = ("scores_bop19.json", "per_object.csv", "scores.md")
+
+
+def remove_scores(out_dir: str | Path) -> list[Path]:
+    """Delete the score files of :func:`write_scores` from ``out_dir`` (before a new results
+    file is written there: scores never stay beside a file they were not computed from).
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for name in SCORE_FILES:
+        path = Path(out_dir) / name
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def write_scores(result: EvalResult, out_dir: str | Path, results_file: str | Path | None = None) -> dict[str, Path]:
     """Write ``scores_bop19.json`` (the scores; NaN as null), ``per_object.csv`` and
     ``scores.md`` (both tables as markdown) into ``out_dir``.
+
+    Args:
+        result: the scores.
+        out_dir: the output folder (created).
+        results_file: the results CSV that was scored; its name and SHA-256 are recorded in
+            scores_bop19.json (``results_file``, ``results_sha256``) and scores.md, so that
+            readers (tools/report.py) can tell stale scores from current ones.
 
     Returns:
         name → path of the written files.
@@ -671,14 +697,21 @@ def write_scores(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
         "per_object": out_dir / "per_object.csv",
         "markdown": out_dir / "scores.md",
     }
-    scores = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.scores.items()}
+    scores: dict[str, float | str | None] = {
+        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.scores.items()
+    }
+    source = ""
+    if results_file is not None:
+        digest = file_sha256(results_file)
+        scores.update({RESULTS_FILE_KEY: Path(results_file).name, RESULTS_SHA256_KEY: digest})
+        source = f"\n\nScores of `{Path(results_file).name}` (SHA-256 {digest})."
     paths["scores"].write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
     columns = _per_object_columns(result)
     lines = [",".join(["obj_id", *columns])]
     for obj_id, row in result.per_object.items():
         lines.append(",".join([str(obj_id), *(_cell(row[c]) for c in columns)]))
     paths["per_object"].write_text("\n".join(lines) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(format_scores(result) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(format_scores(result) + source + "\n", encoding="utf-8")
     return paths
 
 

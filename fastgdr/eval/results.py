@@ -26,6 +26,7 @@ file without estimates; with ``strict=True`` it refuses such files.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Iterable
@@ -42,6 +43,9 @@ TIME_TOLERANCE_S = 0.001
 # Largest deviation of an entry of RᵀR from the identity's for R to count as a rotation:
 # rotations written with 4 or more decimals stay well below it.
 ROTATION_TOLERANCE = 1e-3
+# Keys of scores_bop19.json naming the results file the scores were computed from
+# (fastgdr.eval.bop19.write_scores; checked by fastgdr.report).
+RESULTS_FILE_KEY, RESULTS_SHA256_KEY = "results_file", "results_sha256"
 # Line numbers listed in a warning about non-rotations.
 _LINES_SHOWN = 10
 # Dataset names of the BOP benchmark (its VSD δ table; the cards in fastgdr.data.cards
@@ -71,6 +75,11 @@ class PoseEstimate:
     R: np.ndarray
     t: np.ndarray
     time: float
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (identifies the results file a set of scores is for)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def parse_result_filename(path: str | Path) -> tuple[str, str, str, str | None]:
