@@ -103,7 +103,7 @@ def _check_scores_source(path: Path, scores: dict, results_csv: Path | None) -> 
     source, digest = scores.pop(RESULTS_FILE_KEY, None), scores.pop(RESULTS_SHA256_KEY, None)
     if source is None or digest is None or results_csv is None:
         return
-    rerun = f"re-run tools/eval_bop.py --results {results_csv} --out {path} (or tools/test.py)"
+    rerun = f"rescore it: python tools/eval_bop.py --results {results_csv} --data DATASET --out {path}"
     if source != results_csv.name:
         raise FastGDRError(
             f"{path / 'scores_bop19.json'}: the scores are those of {source}, not of the run's results file "

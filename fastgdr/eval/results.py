@@ -176,7 +176,7 @@ def load_results(path: str | Path, *, strict: bool = False) -> list[PoseEstimate
     except (OSError, UnicodeDecodeError) as exc:
         raise ResultsFormatError(f"{path}: results file cannot be read: {exc}") from None
     estimates: list[PoseEstimate] = []
-    not_rotations: list[tuple[int, str]] = []
+    line_numbers: list[int] = []
     first_line_of_image: dict[tuple[int, int], tuple[float, int]] = {}
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or (line_no == 1 and HEADER in line.replace(" ", "")):
@@ -194,9 +194,8 @@ def load_results(path: str | Path, *, strict: bool = False) -> list[PoseEstimate
                     f"per-image time (within 1 ms) for all estimates of an image"
                 )
         estimates.append(estimate)
-        defect = rotation_defect(estimate.R)
-        if defect is not None:
-            not_rotations.append((line_no, defect))
+        line_numbers.append(line_no)
+    not_rotations = [(line_numbers[k], rotation_defect(estimates[k].R)) for k in _non_rotations(estimates)]
     if not estimates:
         _complain(f"{path}: the file holds no estimates: every target counts as a miss", strict)
     if not_rotations:
@@ -210,6 +209,15 @@ def load_results(path: str | Path, *, strict: bool = False) -> list[PoseEstimate
             strict,
         )
     return estimates
+
+
+def _non_rotations(estimates: list[PoseEstimate]) -> list[int]:
+    """Indices of the estimates whose R :func:`rotation_defect` rejects (vectorized)."""
+    if not estimates:
+        return []
+    R = np.stack([e.R for e in estimates])
+    deviation = np.abs(R.transpose(0, 2, 1) @ R - np.eye(3)).max(axis=(1, 2))
+    return np.flatnonzero((deviation > ROTATION_TOLERANCE) | (np.linalg.det(R) < 0)).tolist()
 
 
 def _complain(message: str, strict: bool) -> None:
