@@ -31,3 +31,13 @@ class DatasetError(FastGDRError):
 
 class ResultsFormatError(FastGDRError):
     """A pose-results file (BOP CSV) is malformed; the message names the file and line."""
+
+
+class FastGDRWarning(UserWarning):
+    """Input that can be processed but is probably not what was meant; tools print the
+    message as one ``warning:`` line."""
+
+
+class ResultsWarning(FastGDRWarning):
+    """A pose-results file that is scored but looks wrong (matrices that are not rotations,
+    no estimates, a dataset name that does not fit the data)."""

@@ -13,7 +13,8 @@ estimates of an image: network time + depth-refinement time + the detector's tim
 OUT/inference.json (timing, the number of ConvNeXt blocks run fused; with --refine also
 the refinement ms per object and the number of objects left unrefined) and, when the split
 has ground truth,
-OUT/scores_bop19.json and per-object tables. --refine fast|icp refines the poses with
+OUT/scores_bop19.json and per-object tables (score files of an earlier run in OUT are removed
+first: scores are only ever those of the CSV beside them). --refine fast|icp refines the poses with
 the depth images (GDRNPP's translation-only "fast" update, or 6-DoF point-to-plane ICP)
 and renders the meshes of DATA/models/; images without usable depth keep their poses.
 Detections: the BOP list format (official default detections) or GDRNPP's dict format;
@@ -103,8 +104,12 @@ def main() -> int:
 
     from fastgdr.eval.results import save_results
 
+    from fastgdr.eval.bop19 import remove_scores
+
     dataset_name = (card.name if card else args.data.resolve().name).replace("_", "").replace("-", "")
     args.out.mkdir(parents=True, exist_ok=True)
+    for path in remove_scores(args.out):  # scores of a previous run: never left beside the new CSV
+        print(f"removed the previous run's {path}")
     # BOP file names: METHOD_DATASET-SPLIT[-SPLITTYPE]; "test_primesense" is split + split type
     csv_path = args.out / f"{args.method}_{dataset_name}-{args.split.replace('_', '-')}.csv"
     save_results(csv_path, estimates)
@@ -143,7 +148,7 @@ def main() -> int:
         from fastgdr.eval.bop19 import evaluate, write_scores
 
         result = evaluate(dataset, estimates, split=args.split, device=args.device, progress=True)
-        write_scores(result, args.out)
+        write_scores(result, args.out, results_file=csv_path)
         scores = result.scores
         print(
             f"AR {scores['bop19_average_recall']:.4f} (VSD {scores['bop19_average_recall_vsd']:.4f}, "

@@ -272,13 +272,15 @@ def pnp_ransac_pose(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """EPnP-RANSAC on predicted correspondences of ROI ``index`` (R, t in mm), or None.
 
-    2D points are the output pixels' image coordinates (u/W·W, v/H·H); 3D points the
+    2D points are the image coordinates of the output pixels' centres: the crop of
+    ``coord_2d`` holds pixel indices / (W, H), so c · (W, H) + 0.5 (the pixel convention of
+    :mod:`fastgdr.render.renderer`, which the coordinate targets are rendered in); 3D points the
     de-normalized predicted coordinates; pixels with mask probability > 0.5 and a
     non-degenerate coordinate are used. None when fewer than 4 points or no solution.
     """
     prob = mask_probability(out.visible_mask[index : index + 1])[0, 0].cpu().numpy()
     xyz = ((out.xyz[index].cpu().numpy().transpose(1, 2, 0) - 0.5) * extent_m).reshape(-1, 3)
-    uv = batch.coord_2d[index].cpu().numpy().transpose(1, 2, 0).reshape(-1, 2) * (width, height)
+    uv = batch.coord_2d[index].cpu().numpy().transpose(1, 2, 0).reshape(-1, 2) * (width, height) + 0.5
     keep = (prob.reshape(-1) > mask_threshold) & np.all(np.abs(xyz) > 1e-4 * extent_m, axis=1)
     if keep.sum() < 4:
         return None
