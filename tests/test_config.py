@@ -122,3 +122,42 @@ def test_exponent_without_a_dot_is_a_number():
     assert cfg.train.lr == 1e-3 and cfg.kd.feature.adapter_lr == 5e-6
     with pytest.raises(ConfigError, match="'train.lr' must be a number"):
         load_config(None, ["train.lr=fast"])
+
+
+def test_short_recipe_fills_the_keys_a_config_leaves_unset(tmp_path):
+    gdrnpp = load_config(REPO / "configs/p.yaml")
+    short = load_config(REPO / "configs/p.yaml", ["train.recipe=short"])
+    assert (gdrnpp.train.optimizer, gdrnpp.train.head_init, gdrnpp.data.canonical_symmetry) == ("ranger", "gdrnpp", False)
+    assert (short.train.optimizer, short.train.head_init, short.data.canonical_symmetry) == ("adamw", "torch", True)
+    assert short.model.input.std != (1.0, 1.0, 1.0)
+    # the config's own values win over the recipe's, wherever they come from
+    path = write(tmp_path, "train:\n  recipe: short\n  optimizer: ranger\n")
+    cfg = load_config(path, ["train.lr=3e-4"])
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.head_init) == ("ranger", 3e-4, "torch")
+
+
+def test_recipe_round_trips_through_the_resolved_config(tmp_path):
+    cfg = load_config(REPO / "configs/p.yaml", ["train.recipe=short", "train.batch_size=8"])
+    saved = save_config(cfg, tmp_path / "resolved.yaml")
+    assert to_dict(load_config(saved)) == to_dict(cfg)
+
+
+def test_unknown_recipe_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"'train.recipe' must be one of 'gdrnpp', 'short'"):
+        load_config(None, ["train.recipe=fast"])
+
+
+@pytest.mark.parametrize("override", [
+    "train.lr=.inf", "train.lr=.nan", "train.lr=-1", "train.lr=0", "train.weight_decay=.nan",
+    "train.clip_grad_norm=0", "train.time_budget_minutes=-2", "train.snapshots=[0.5,1.5]",
+    "train.loss_weights.rot=-1",
+])
+def test_invalid_optimisation_settings_are_refused(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[-1]):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("rule, expected", [("none", 1e-3), ("linear", 0.5e-3), ("sqrt", 1e-3 * 0.5 ** 0.5)])
+def test_learning_rate_scaling_rules(rule, expected):
+    cfg = load_config(None, ["train.lr=1e-3", "train.lr_reference_batch=32", "train.batch_size=16", f"train.lr_scaling={rule}"])
+    assert cfg.train.scaled_lr == pytest.approx(expected)

@@ -14,6 +14,7 @@ from fastgdr.engine.optim import (
     Ranger,
     build_optimizer,
     centralize_gradient,
+    flat_and_anneal_factor,
     flat_and_anneal_lambda,
 )
 from fastgdr.errors import UnknownNameError
@@ -287,3 +288,14 @@ def test_build_optimizer():
 def test_build_optimizer_unknown_name():
     with pytest.raises(UnknownNameError, match="ranger"):
         build_optimizer("rangr", nn.Linear(2, 2).parameters(), 1e-3, 0.0)
+
+
+def test_flat_and_anneal_factor_follows_progress_not_iterations():
+    # A timed run: the cosine follows the fraction of the budget used, the warm-up iterations.
+    assert flat_and_anneal_factor(5, 0.0, 10, 0.1, 0.5) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert flat_and_anneal_factor(1000, 0.25, 10, 0.1, 0.5) == 1.0
+    assert flat_and_anneal_factor(1000, 0.75, 10, 0.1, 0.5) == pytest.approx(0.5)
+    assert flat_and_anneal_factor(1000, 1.0, 10, 0.1, 0.5) == 0.0
+    f = flat_and_anneal_lambda(200, warmup_iters=10, warmup_factor=0.1, anneal_point=0.5)
+    for it in (0, 5, 99, 150, 199, 200):
+        assert f(it) == flat_and_anneal_factor(it, it / 200, 10, 0.1, 0.5)

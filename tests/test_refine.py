@@ -17,10 +17,17 @@ from fastgdr.data.detections import load_detections
 from fastgdr.data.mesh import load_ply
 from fastgdr.data.shapes import make_objects
 from fastgdr.data.mesh import Mesh
-from fastgdr.engine.inference import PosePredictor, infer_dataset, load_model, pnp_ransac_pose
+from fastgdr.engine.inference import PosePredictor, decode_rois, infer_dataset, load_model, pnp_ransac_pose
 from fastgdr.errors import UnknownNameError
 from fastgdr.eval.results import load_results
-from fastgdr.geometry import axis_angle_to_matrix, coord_2d_map, crop_resize, test_time_crop, zoom_camera_matrix
+from fastgdr.geometry import (
+    axis_angle_to_matrix,
+    coord_2d_map,
+    crop_resize,
+    test_time_crop,
+    translation_to_site,
+    zoom_camera_matrix,
+)
 from fastgdr.models import GDRNPoseNet
 from fastgdr.refine import (
     REFINERS,
@@ -137,6 +144,30 @@ def test_epnp_on_perfect_correspondences_recovers_the_pose(scene):
         solved = pnp_ransac_pose(out, batch, 0, extents[obj_id] / 1000.0, K, W, H, reprojection_px=1.0)
         assert solved is not None
         assert angle_deg(solved[0], R) < 0.05 and np.linalg.norm(solved[1] - t) < 0.2  # corners: ~0.7 mm
+
+
+@pytest.mark.parametrize("decoder", ["patchpnp", "epnp", "epnp-rot"])
+def test_decoders_take_rotation_and_translation_from_where_they_say(scene, decoder):
+    renderer, poses, _, masks, extents = scene
+    R, t = poses[DUCK]
+    center, crop_size, xyz_norm, prob = perfect_roi(renderer, DUCK, R, t, masks[DUCK], extents[DUCK])
+    coord = crop_resize(coord_2d_map(W, H).transpose(1, 2, 0), center, crop_size, 64)
+    as_batch = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
+    # Patch-PnP "predicts" the identity (allocentric) and a translation 40 mm off in depth.
+    batch = SimpleNamespace(coord_2d=as_batch(coord.transpose(2, 0, 1)), centers=as_batch(center),
+                            whs=as_batch([crop_size / 1.5] * 2), resize_ratios=as_batch(64 / crop_size)[0])
+    t_site = (t + np.array([0.0, 0.0, 40.0])) / 1000.0
+    site = translation_to_site(torch.as_tensor(t_site[None]), batch.centers.double(), batch.whs.double(),
+                               batch.resize_ratios.double(), torch.as_tensor(K)).float()
+    rot6d = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]])
+    out = SimpleNamespace(visible_mask=as_batch(prob[None]), xyz=as_batch(xyz_norm), rot6d=rot6d, site=site)
+    R_out, t_out = decode_rois(out, batch, K, decoder, [extents[DUCK] / 1000.0], W, H)
+    epnp_rotation = decoder in ("epnp", "epnp-rot")
+    assert (angle_deg(R_out[0], R) < 0.05) == epnp_rotation
+    if decoder == "epnp":
+        assert np.linalg.norm(t_out[0] - t) < 0.2
+    else:  # Patch-PnP's translation
+        assert np.allclose(t_out[0], t_site * 1000.0, atol=1e-2)
 
 
 def perturb(R, t):

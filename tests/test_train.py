@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ from fastgdr.config import load_config
 from fastgdr.data.train_dataset import CollateTargets
 from fastgdr.engine.optim import build_optimizer
 from fastgdr.engine.trainer import build_train_dataset, open_dataset
-from fastgdr.geometry import crop_affine_matrix, egocentric_to_allocentric, matrix_to_rot6d
+from fastgdr.geometry import crop_affine_matrix, crop_resize, egocentric_to_allocentric, matrix_to_rot6d
 from fastgdr.losses.gdrn import gdrn_losses, total_loss
 from fastgdr.models import GDRNPoseNet, decode_pose
 
@@ -74,6 +75,18 @@ def test_canonical_targets_are_a_pose_that_renders_the_same_pixels(tiny_dataset)
         traces = np.einsum("ij,kji->k", allo, assets.sym_rots)
         assert traces[0] >= traces.max() - 1e-4  # the canonical pose is its own nearest-identity equivalent
     assert changed > 0  # some symmetric instances were moved to another equivalent
+
+
+def test_cached_mask_rectangles_crop_like_the_full_masks(plain_data):
+    rng = np.random.default_rng(0)
+    for inst in plain_data.instances[:6]:
+        for visible in (True, False):
+            full = plain_data.dataset.read_mask(inst.split, inst.scene_id, inst.im_id, inst.gt_index, visible=visible)
+            rect, origin = plain_data._mask(inst, visible)
+            for _ in range(3):
+                center, size = rng.uniform(0, 320, 2), rng.uniform(20, 200)
+                expected = crop_resize(full.astype(np.uint8), center, size, 32, cv2.INTER_NEAREST)
+                assert np.array_equal(crop_resize(rect, center - origin, size, 32, cv2.INTER_NEAREST), expected)
 
 
 def test_visible_mask_is_inside_the_rendered_object(plain_data):
@@ -179,3 +192,18 @@ def test_zero_iterations_writes_the_initialised_model(tiny_dataset, tmp_path):
     model = GDRNPoseNet.from_config(cfg.model)
     for key, value in model.state_dict().items():
         assert torch.equal(value, final["model"][key]), key
+
+
+def test_a_time_budget_ends_the_run_and_snapshots_record_their_time(tiny_dataset, tmp_path):
+    budget_s = 6.0
+    result = run_train(tiny_dataset, tmp_path / "timed", f"train.time_budget_minutes={budget_s / 60}",
+                       "train.snapshots=[0.5]", "train.log_period=1000")
+    assert result.returncode == 0, result.stderr
+    final = read_checkpoint(tmp_path / "timed" / "model_final.pth")
+    snapshot = read_checkpoint(tmp_path / "timed" / "snapshots" / "model_050.pth")
+    assert budget_s <= final["elapsed_seconds"] < budget_s + 30  # stops at the first iteration past the budget
+    assert 0 < snapshot["iteration"] < final["iteration"]
+    assert 0.5 * budget_s <= snapshot["elapsed_seconds"] < final["elapsed_seconds"]
+    rows = (tmp_path / "timed" / "metrics.csv").read_text().splitlines()
+    last = dict(zip(rows[0].split(","), rows[-1].split(",")))
+    assert int(last["iter"]) == final["iteration"] and float(last["lr"]) == 0.0  # the schedule ran to its end

@@ -169,18 +169,8 @@ class PosePredictor:
             return [], None, None
         batch = self.prepare(image_bgr, detections)
         out = self.model(batch.images, batch.classes, batch.coord_2d, batch.extents)
-        K_t = torch.as_tensor(K, dtype=torch.float32, device=self.device)
-        R, t = decode_pose(out.rot6d, out.site, batch.centers, batch.whs, batch.resize_ratios, K_t)
-        R_np = R.double().cpu().numpy()
-        t_np = t.double().cpu().numpy() * 1000.0
-        epnp_rotation, epnp_translation = DECODERS[self.decoder]
-        if epnp_rotation or epnp_translation:
-            for i, det in enumerate(detections):
-                solved = pnp_ransac_pose(out, batch, i, self.extents_m[det.obj_id], K, image_bgr.shape[1], image_bgr.shape[0])
-                if solved is not None:
-                    R_np[i] = solved[0]
-                    if epnp_translation:
-                        t_np[i] = solved[1]
+        extents = [self.extents_m[det.obj_id] for det in detections]
+        R_np, t_np = decode_rois(out, batch, K, self.decoder, extents, image_bgr.shape[1], image_bgr.shape[0])
         return [PosePrediction(d, R_np[i], t_np[i]) for i, d in enumerate(detections)], out, batch
 
     @torch.inference_mode()
@@ -222,6 +212,36 @@ class PosePredictor:
             self.refine_method, targets, depth_mm, depth_scale, K, image_hw, self.renderer, stats, self.device
         )
         return [PosePrediction(p.detection, R, t) for p, (R, t) in zip(poses, refined)]
+
+
+def decode_rois(
+    out: PoseNetOutput, batch: RoiBatch, K: np.ndarray, decoder: str, extents_m: Sequence[np.ndarray], width: int, height: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Poses of a batch of ROIs by one of :data:`DECODERS`: R (B, 3, 3) and t (B, 3) in mm.
+
+    Patch-PnP's rot6d and SITE are decoded first; the EPnP decoders then replace the
+    rotation (``epnp-rot``) or the whole pose (``epnp``) of every ROI where EPnP-RANSAC
+    finds a solution (:func:`pnp_ransac_pose`).
+
+    Args:
+        out, batch: the network outputs and inputs of the ROIs.
+        K: (3, 3) intrinsics in px.
+        extents_m: per ROI, the object's bounding-box size (3,) in m.
+        width, height: image size in px.
+    """
+    K_t = torch.as_tensor(K, dtype=torch.float32, device=out.rot6d.device)
+    R, t = decode_pose(out.rot6d, out.site, batch.centers, batch.whs, batch.resize_ratios, K_t)
+    R_np = R.double().cpu().numpy()
+    t_np = t.double().cpu().numpy() * 1000.0
+    epnp_rotation, epnp_translation = DECODERS[decoder]
+    if epnp_rotation or epnp_translation:
+        for i, extent in enumerate(extents_m):
+            solved = pnp_ransac_pose(out, batch, i, extent, K, width, height)
+            if solved is not None:
+                R_np[i] = solved[0]
+                if epnp_translation:
+                    t_np[i] = solved[1]
+    return R_np, t_np
 
 
 def build_predictor(
