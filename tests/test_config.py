@@ -122,3 +122,24 @@ def test_exponent_without_a_dot_is_a_number():
     assert cfg.train.lr == 1e-3 and cfg.kd.feature.adapter_lr == 5e-6
     with pytest.raises(ConfigError, match="'train.lr' must be a number"):
         load_config(None, ["train.lr=fast"])
+
+
+@pytest.mark.parametrize("override", ["train.lr=.inf", "train.lr=.nan", "train.lr=nan", "train.weight_decay=.nan",
+                                      "kd.feature.adapter_lr=.inf", "kd.ot.weight=.nan", "data.visib_threshold=.nan"])
+def test_non_finite_numbers_are_refused(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"'{key}' must be a finite number"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override", ["train.lr=-1", "train.lr=0", "train.weight_decay=-0.1"])
+def test_invalid_optimiser_settings_are_refused(override):
+    with pytest.raises(ConfigError, match="invalid 'train'"):
+        load_config(None, [override])
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 0.001\n  batch_size: 4\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml: key 'lr' appears twice in one section \(lines 2 and 4\)"):
+        load_config(path)
+    assert load_config(write(tmp_path, "train:\n  lr: 0.001\nmodel:\n  input_res: 128\n")).train.lr == 0.001
