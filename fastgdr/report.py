@@ -336,6 +336,7 @@ INTRO = (
 
 
 BOP_CSV_DIR = "bop_results"
+REPORT_FILES = ("README.md", PLOT_FILE, BOP_CSV_DIR)  # what build_report writes into its folder
 
 
 def copy_results_csvs(runs: Sequence[RunSummary], folder: Path) -> list[str]:

@@ -1,7 +1,7 @@
 """Score a BOP 2019 pose-results file (AR = mean of AR_VSD, AR_MSSD, AR_MSPD; plus ADD(-S)).
 
 Examples:
-  python tools/eval_bop.py --results runs/p/eval/fastgdr_synth-test.csv --data datasets/synth --out runs/p/eval
+  python tools/eval_bop.py --results runs/p/eval/fastgdr_synth-test.csv --data datasets/synth --out runs/p/eval_bop
   python tools/eval_bop.py --results gdrnpp_lmo-test.csv --data /data/bop/lmo --out eval/lmo --device cuda
   python tools/eval_bop.py --results mine_tless-test-primesense.csv --data /data/bop/tless --out eval/tless
   python tools/eval_bop.py --results mine_ycbv-test.csv --data /data/bop/ycbv --out eval/ycbv --errors mssd,mspd,ad
@@ -13,7 +13,9 @@ SPLIT[_SPLITTYPE] unless --split is given. Targets come from DATA/test_targets_b
 errors from DATA/models_eval. Writes OUT/scores_bop19.json (the BOP keys
 bop19_average_recall[_vsd|_mssd|_mspd], bop19_average_time_per_image, plus
 add_s_recall_0.02/0.05/0.10 and the mean rotation / translation error of the estimates
-matched at 0.10·d), OUT/per_object.csv and OUT/scores.md.
+matched at 0.10·d), OUT/per_object.csv and OUT/scores.md; scores already in OUT are
+replaced only with --overwrite. --out, --device, the dataset and the depth images VSD
+reads (their size included) are checked before the evaluation starts.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fastgdr.cli import run_tool
+from fastgdr.cli import device_option, run_tool
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import detect_card
 from fastgdr.errors import FastGDRError
-from fastgdr.eval.results import load_results, parse_result_filename
+from fastgdr.eval.results import SCORE_FILES, load_results, parse_result_filename
+from fastgdr.outputs import check_out_dir, claim_outputs
 
 DEFAULT_ERRORS = "vsd,mssd,mspd,ad"
 
@@ -44,6 +47,7 @@ def parse_args() -> argparse.Namespace:
         "--errors", default=DEFAULT_ERRORS, help=f"comma-separated error types (default: {DEFAULT_ERRORS})"
     )
     parser.add_argument("--device", default="cpu", help="torch device for the error computations (default: cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace scores of an earlier evaluation in OUT")
     return parser.parse_args()
 
 
@@ -51,8 +55,13 @@ def main() -> int:
     args = parse_args()
     # The results file is checked before torch is imported: a bad file fails fast.
     _, dataset_name, split, split_type = parse_result_filename(args.results)
+    out = check_out_dir(args.out)
+    claim_outputs([out / name for name in SCORE_FILES], inputs={"--results": args.results},
+                  overwrite=args.overwrite)
     estimates = load_results(args.results)
     from fastgdr.eval.bop19 import ERROR_TYPES, evaluate, format_scores, write_scores
+
+    device = device_option(args.device)
 
     error_types = [name.strip() for name in args.errors.split(",") if name.strip()]
     unknown = [name for name in error_types if name not in ERROR_TYPES]
@@ -66,8 +75,8 @@ def main() -> int:
     split = args.split or (f"{split}_{split_type}" if split_type else split)
     dataset = BopDataset(args.data, card)
     dataset.check([split], depth="vsd" in error_types)
-    result = evaluate(dataset, estimates, split=split, error_types=error_types, device=args.device, progress=True)
-    paths = write_scores(result, args.out)
+    result = evaluate(dataset, estimates, split=split, error_types=error_types, device=device, progress=True)
+    paths = write_scores(result, out)
     print(format_scores(result))
     print(f"scores written to {paths['scores']}")
     return 0

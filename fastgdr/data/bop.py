@@ -46,6 +46,24 @@ _DEPTH_EXTENSIONS = (".png", ".tif")
 T = TypeVar("T")
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_file_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of an image file, or None when it cannot be read: from the header
+    of a PNG (without decoding it), else by decoding the file with OpenCV."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return None if image is None else (int(image.shape[1]), int(image.shape[0]))
+
+
 # ------------------------------------------------------------------------------------
 # Data records
 # ------------------------------------------------------------------------------------
@@ -727,14 +745,16 @@ class BopDataset:
         in it and that every listed model .ply exists; the camera file when the image size
         comes from it; per scene, that the three JSON files parse, are well-formed and
         agree on image ids, that every GT object id is in models_info, and that every
-        image file exists (and depth files with ``depth``, ``mask/`` and ``mask_visib/``
-        files with ``masks``); and ``test_targets_bop19.json``, when present and the test
-        split is checked, refers to existing images and known objects.
+        image file exists (and, with ``depth``, depth files of the image size — read from
+        PNG headers; ``mask/`` and ``mask_visib/`` files with ``masks``); and
+        ``test_targets_bop19.json``, when present and the test split is checked, refers to
+        existing images and known objects.
 
         Args:
             splits: split folders, e.g. ``["test"]`` or ``["train_pbr"]``.
             require_gt: whether scene_gt.json must exist (False for withheld test GT).
-            depth: also require a depth file per image.
+            depth: also require a depth file per image, of the dataset's image size
+                (read from its header).
             masks: also require both mask files per GT instance.
 
         Raises:
@@ -798,10 +818,13 @@ class BopDataset:
             name = f"{im_id:06d}"
             if not any(name + ext in listings[sub] for sub, ext in self._layouts()):
                 raise self._missing_image(directory, im_id)
-            if depth and not any(name + ext in listings["depth"] for ext in _DEPTH_EXTENSIONS):
-                raise DatasetError(
-                    f"{directory / 'depth'}: image {im_id}: no depth file {name}.png or {name}.tif"
-                )
+            if depth:
+                found = [name + ext for ext in _DEPTH_EXTENSIONS if name + ext in listings["depth"]]
+                if not found:
+                    raise DatasetError(
+                        f"{directory / 'depth'}: image {im_id}: no depth file {name}.png or {name}.tif"
+                    )
+                self._check_depth_size(directory / "depth" / found[0])
             if masks and scene.gt is not None:
                 for gt_index in range(len(scene.gt[im_id])):
                     for sub in ("mask", "mask_visib"):
@@ -811,6 +834,15 @@ class BopDataset:
                                 f"{directory / sub / mask_name}: file not found "
                                 f"(mask of image {im_id}, entry {gt_index})"
                             )
+
+    def _check_depth_size(self, path: Path) -> None:
+        """The depth image has the dataset's image size (read from the file's header)."""
+        size = image_file_size(path)
+        if size is None:
+            raise DatasetError(f"{path}: cannot be read as an image")
+        if size != tuple(self.image_size):
+            width, height = self.image_size
+            raise DatasetError(f"{path}: depth image is {size[0]}×{size[1]} px, expected {width}×{height}")
 
     def _check_targets(
         self, split: str, image_ids: dict[int, set[int]], known_ids: set[int]
