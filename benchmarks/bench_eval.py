@@ -4,6 +4,7 @@ Examples:
   python benchmarks/bench_eval.py
   python benchmarks/bench_eval.py --images 50 --objects 4 --subset 5
   python benchmarks/bench_eval.py --data datasets/synth --subset 3 --device cuda
+  python benchmarks/bench_eval.py --data datasets/synth --subset 0 --end-to-end 3
 
 Without --data a synthetic dataset (640×480) is generated in a temporary folder. A
 results file is made from the GT poses of every target instance, perturbed (rotation
@@ -11,13 +12,18 @@ up to --max-angle degrees, translation noise of --noise-mm), written and read ba
 ``evaluate`` (all four error types, VSD included) is timed on all targets; then on the
 targets of the first --subset images both with the batched errors and with a backend
 that loops over pairs calling fastgdr.eval.reference_errors (numpy, two renders per VSD
-pair, k-d tree ADI), and the two sets of scores are compared. Prints measured numbers only.
+pair, k-d tree ADI), and the two sets of scores are compared. With --end-to-end N the
+command-line evaluation (tools/eval_bop.py on the written results file: process start,
+imports, checks, all four errors, score files) is also run N times and its wall-clock
+seconds printed. Prints measured numbers only.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -120,6 +126,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--end-to-end", type=int, default=0, metavar="N",
+                        help="also time tools/eval_bop.py on the results file N times (wall clock)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,7 +143,8 @@ def main() -> None:
             _, seconds = timed(lambda: generate_dataset(root, spec))
             print(f"generated {args.images} test images (640x480, {args.objects} objects) in {seconds:.1f} s")
         dataset = BopDataset(root, detect_card(root))
-        csv = Path(tmp) / "bench_synth-test.csv"
+        name = dataset.card.name if dataset.card is not None else Path(root).resolve().name
+        csv = Path(tmp) / f"bench_{name.replace('_', '').replace('-', '')}-test.csv"
         save_results(csv, perturbed_results(dataset, args.max_angle, args.noise_mm, args.seed))
         estimates = load_results(csv)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
@@ -145,6 +154,15 @@ def main() -> None:
         print(f"batched, all targets: {full.num_estimates_used} estimates in {seconds:.2f} s = "
               f"{full.num_estimates_used / seconds:.1f} estimates/s; AR {full.scores['bop19_average_recall']:.4f}")
 
+        if args.end_to_end > 0:
+            tool = Path(__file__).resolve().parents[1] / "tools" / "eval_bop.py"
+            command = [sys.executable, str(tool), "--results", str(csv), "--data", str(root), "--out", str(Path(tmp) / "eval"),
+                       "--overwrite"]
+            walls = [timed(lambda: subprocess.run(command, check=True, capture_output=True))[1] for _ in range(args.end_to_end)]
+            print(f"end to end (tools/eval_bop.py, {len(estimates)} estimates): "
+                  f"{', '.join(f'{w:.2f}' for w in walls)} s; median {float(np.median(walls)):.2f} s")
+        if args.subset <= 0:
+            return
         targets = dataset.load_test_targets()
         images = sorted({(t.scene_id, t.im_id) for t in targets})[: args.subset]
         subset = [t for t in targets if (t.scene_id, t.im_id) in images]

@@ -175,6 +175,8 @@ class DataConfig:
         min_mask_pixels: a sample is redrawn when its 64×64 visible mask has fewer pixels.
         num_model_points: model points for the point-matching loss.
         num_workers: data-loading worker processes.
+        max_instances: train on the first this many instances only (overfitting checks,
+            quick experiments); None uses all.
         canonical_symmetry: train symmetric objects on the symmetric equivalent of their
             pose that the view selects (one target per appearance; see
             ``fastgdr.data.train_dataset.canonical_pose_targets``). GDRNPP trains on the
@@ -187,6 +189,7 @@ class DataConfig:
     min_mask_pixels: int = 32
     num_model_points: int = 3000
     num_workers: int = 2
+    max_instances: int | None = None
     canonical_symmetry: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -269,6 +272,7 @@ class TrainConfig:
     anneal_point: float = 0.72
     head_init: Literal["gdrnpp", "torch"] = "gdrnpp"
     clip_grad_norm: float | None = None
+    pnp_teacher_forcing: float = 0.0
     init_depth_from_data: bool = False
     checkpoint_period: int = 500
     log_period: int = 20

@@ -41,3 +41,13 @@ class OutputError(FastGDRError):
 class TrainingError(FastGDRError):
     """Training cannot go on (a non-finite loss, gradient or weight); the message names
     the iteration, the terms and the checkpoint that is kept."""
+
+
+class FastGDRWarning(UserWarning):
+    """Input that can be processed but is probably not what was meant; tools print the
+    message as one ``warning:`` line."""
+
+
+class ResultsWarning(FastGDRWarning):
+    """A pose-results file that is scored but looks wrong (matrices that are not rotations,
+    no estimates, a dataset name that does not fit the data)."""

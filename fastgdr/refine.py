@@ -277,8 +277,8 @@ def fast_refine(
     2. the model rendered at the current pose with the zoomed intrinsics;
     3. weights w = ‖xyz_norm‖₂ · mask_prob · rendered mask · (sensor depth > 0), normalized;
     4. Δ = median(sensor − rendered depth) over the pixels with w > threshold · max(w);
-    5. the w-weighted pixel centroid (u, v) of the ROI; ray = K_crop⁻¹ (u, v, 1) (z = 1);
-       t ← t + Δ · ray.
+    5. the w-weighted centroid (u, v) of the ROI's pixel centres (j + 0.5, i + 0.5, the
+       renderer's pixel convention); ray = K_crop⁻¹ (u, v, 1) (z = 1); t ← t + Δ · ray.
 
     An iteration without a weighted pixel ends the loop (the pose is left as it is).
 
@@ -312,7 +312,8 @@ def fast_refine(
     K_crop = np.asarray(zoom_camera_matrix(np.asarray(K, np.float64), center, crop_size, size), np.float64)
     K_crop_inv = np.linalg.inv(K_crop)
     prior = np.linalg.norm(xyz_norm, axis=0) * mask_prob * (sensor > 0)
-    cols, rows = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64))
+    # pixel centres in image coordinates (fastgdr.render's convention)
+    cols, rows = np.meshgrid(np.arange(size, dtype=np.float64) + 0.5, np.arange(size, dtype=np.float64) + 0.5)
     t = np.asarray(t_mm, dtype=np.float64).reshape(3).copy()
     deltas = []
     for _ in range(iterations):
@@ -492,6 +493,9 @@ def depth_points_and_normals(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Back-projected depth pixels inside ``mask`` with normals from the depth image.
 
+    Pixel (i, j) is back-projected along the ray through its centre (j + 0.5, i + 0.5)
+    (the pixel convention of :mod:`fastgdr.render.renderer`).
+
     With X the back-projected points and s = ``normal_step`` px, a pixel's normal is the
     cross product of the central differences ``X[v, u+s] − X[v, u−s]`` and
     ``X[v+s, u] − X[v−s, u]``, turned towards the camera. Pixels are dropped when one of
@@ -520,7 +524,8 @@ def depth_points_and_normals(
     z = depth_mm[y0:y1, x0:x1].astype(np.float64)
     if z.shape[0] <= 2 * s or z.shape[1] <= 2 * s:
         return empty
-    cols, rows = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64))
+    # the ray through the centre (j + 0.5, i + 0.5) of each pixel (fastgdr.render's convention)
+    cols, rows = np.meshgrid(np.arange(x0, x1, dtype=np.float64) + 0.5, np.arange(y0, y1, dtype=np.float64) + 0.5)
     rays = np.stack((cols, rows, np.ones_like(cols)), axis=-1) @ np.linalg.inv(np.asarray(K, np.float64)).T
     points = rays * z[..., None]
     inner = (slice(s, -s), slice(s, -s))

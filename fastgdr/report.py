@@ -37,6 +37,7 @@ from fastgdr._compat import import_optional
 from fastgdr.benchmark import REFINE_PREFIX, BenchResult, BenchRow, TargetResult, architecture_key
 from fastgdr.config import load_config
 from fastgdr.errors import FastGDRError
+from fastgdr.eval.results import RESULTS_FILE_KEY, RESULTS_SHA256_KEY, file_sha256
 
 LatencySource = Literal["auto", "bench", "eval"]
 PLOT_FILE = "speed_accuracy.png"
@@ -79,6 +80,8 @@ def read_eval_dir(path: str | Path) -> RunSummary:
     inference = json.loads(files["inference.json"].read_text())
     cfg = load_config(files["config.yaml"])
     name = path.parent.name if path.name == "eval" else path.name
+    results_csv = _results_csv(path, inference)
+    _check_scores_source(path, scores, results_csv)
     return RunSummary(
         name=name,
         backbone=cfg.model.backbone.name,
@@ -89,8 +92,28 @@ def read_eval_dir(path: str | Path) -> RunSummary:
         architecture=architecture_key(cfg.model),
         refine=inference.get("refine", "none"),
         refine_ms_per_image=1000.0 * inference.get("mean_refine_seconds_per_image", 0.0),
-        results_csv=_results_csv(path, inference),
+        results_csv=results_csv,
     )
+
+
+def _check_scores_source(path: Path, scores: dict, results_csv: Path | None) -> None:
+    """Refuse scores computed from another results file than the CSV of the run (a stale
+    scores_bop19.json); remove the source keys from ``scores``. Scores written without
+    them (older versions) are taken as they are."""
+    source, digest = scores.pop(RESULTS_FILE_KEY, None), scores.pop(RESULTS_SHA256_KEY, None)
+    if source is None or digest is None or results_csv is None:
+        return
+    rerun = f"rescore it: python tools/eval_bop.py --results {results_csv} --data DATASET --out {path} --overwrite"
+    if source != results_csv.name:
+        raise FastGDRError(
+            f"{path / 'scores_bop19.json'}: the scores are those of {source}, not of the run's results file "
+            f"{results_csv.name}: they are stale; {rerun}"
+        )
+    if not results_csv.is_file() or file_sha256(results_csv) != digest:
+        raise FastGDRError(
+            f"{path / 'scores_bop19.json'}: {results_csv.name} has changed (or is missing) since it was scored: "
+            f"the scores are stale; {rerun}"
+        )
 
 
 def _results_csv(path: Path, inference: dict) -> Path | None:

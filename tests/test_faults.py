@@ -27,6 +27,7 @@ from fastgdr.pipeline import Stage
 from conftest import REPO, TINY_TRAIN_OVERRIDES
 
 DETECTIONS = "detections/synth_default_detections_test.json"
+ONE_ESTIMATE = "scene_id,im_id,obj_id,score,R,t,time\n1,0,1,0.9,1 0 0 0 1 0 0 0 1,0 0 400,0.1\n"
 
 
 def tool(name: str, *args: str) -> subprocess.CompletedProcess:
@@ -176,7 +177,7 @@ def test_names_never_write_outside_out(tiny_dataset, checkpoint, tmp_path, optio
 
 def test_eval_bop_refuses_earlier_scores_and_a_file_as_out_before_evaluating(tiny_dataset, tmp_path):
     results = tmp_path / "mine_synth-test.csv"
-    results.write_text("scene_id,im_id,obj_id,score,R,t,time\n")
+    results.write_text(ONE_ESTIMATE)
     as_file = tmp_path / "file"
     as_file.write_text("x")
     refused(tool("eval_bop.py", "--results", results, "--data", tiny_dataset, "--out", as_file),
@@ -329,7 +330,7 @@ def test_a_depth_image_of_the_wrong_size_is_refused_before_inference(tiny_datase
             f"{depth_path.name}: depth image is 320×120 px, expected 320×240")
     assert not out.exists() or not any(out.iterdir())  # no results file written before the failure
     results = tmp_path / "m_synth-test.csv"
-    results.write_text("scene_id,im_id,obj_id,score,R,t,time\n")
+    results.write_text(ONE_ESTIMATE)
     refused(tool("eval_bop.py", "--results", results, "--data", data, "--out", out), "depth image is 320×120 px")
 
 
@@ -362,7 +363,7 @@ def test_device_cuda_without_cuda_is_one_message(tiny_dataset, checkpoint, tmp_p
     refused(tool("test.py", "--ckpt", checkpoint, "--data", tiny_dataset, "--out", tmp_path / "e", "--device", "cuda"),
             "--device cuda", "sees no CUDA device")
     results = tmp_path / "mine_synth-test.csv"
-    results.write_text("scene_id,im_id,obj_id,score,R,t,time\n")
+    results.write_text(ONE_ESTIMATE)
     refused(tool("eval_bop.py", "--results", results, "--data", tiny_dataset, "--out", tmp_path / "e", "--device",
                  "cuda"), "sees no CUDA device")
     assert not (tmp_path / "e").exists()

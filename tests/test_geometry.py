@@ -391,11 +391,29 @@ def test_zoom_camera_matrix_matches_crop_affine(as_torch, gen):
     uv_zoom = project_points(pts, K_zoom)
     uv = project_points(pts, torch.tensor(K_NP)).numpy()
     M = crop_affine_matrix(center, size, out_size)
-    expected = np.concatenate((uv, np.ones((10, 1))), axis=1) @ M.T
+    # the warp maps pixel indices, i.e. image coordinates minus the half pixel to the centre
+    expected = np.concatenate((uv - 0.5, np.ones((10, 1))), axis=1) @ M.T + 0.5
     np.testing.assert_allclose(uv_zoom.numpy(), expected, rtol=0, atol=1e-9)
-    # principal point minus top-left corner, scaled
-    np.testing.assert_allclose(K_zoom[0, 2].item(), (K_NP[0, 2] - (310.0 - 75.0)) * 64 / 150)
+    # principal point as a pixel index, minus the top-left corner, scaled, back to coordinates
+    np.testing.assert_allclose(K_zoom[0, 2].item(), (K_NP[0, 2] - 0.5 - (310.0 - 75.0)) * 64 / 150 + 0.5)
     np.testing.assert_allclose(K_zoom[2].numpy(), [0.0, 0.0, 1.0])
+
+
+def test_zoom_camera_matrix_maps_image_points_to_the_crop_pixels_that_show_them():
+    """Pixel (i, j) is centred at (j + 0.5, i + 0.5) in crops and images alike: the crop of
+    the map of pixel-centre coordinates holds, at crop pixel (i', j'), the image point that
+    ``zoom_camera_matrix`` sends to (j' + 0.5, i' + 0.5)."""
+    W, H, out_size = 120, 100, 24
+    center, size = (57.3, 45.6), 60.0  # inside the image; 0.4 crop px per image px
+    jj, ii = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
+    centres = np.stack((jj + 0.5, ii + 0.5), axis=-1)
+    crop = crop_resize(centres, center, size, out_size)  # bilinear: exact on a linear map
+    K_zoom = zoom_camera_matrix(K_NP, center, size, out_size)
+    to_crop = K_zoom @ np.linalg.inv(K_NP)  # image coordinates → crop coordinates
+    mapped = crop @ to_crop[:2, :2].T + to_crop[:2, 2]
+    cj, ci = np.meshgrid(np.arange(out_size) + 0.5, np.arange(out_size) + 0.5)
+    # OpenCV interpolates at 1/32 px; the half-pixel terms are worth 0.5 · (1 - 0.4) = 0.3 px
+    np.testing.assert_allclose(mapped, np.stack((cj, ci), axis=-1), atol=0.02)
 
 
 def test_zoom_camera_matrix_batch():

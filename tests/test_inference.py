@@ -1,5 +1,6 @@
 """Inference from detections: crops, batched network, BOP results file, scores."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -93,6 +94,21 @@ def test_tool_writes_a_valid_results_file_and_scores(tiny_dataset, tiny_checkpoi
     for key in ("bop19_average_recall", "bop19_average_recall_vsd", "bop19_average_recall_mssd",
                 "bop19_average_recall_mspd", "bop19_average_time_per_image"):
         assert key in scores
+    assert scores["results_file"] == csv.name  # the scores name the file they are for
+    assert scores["results_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
+
+
+def test_tool_removes_the_scores_of_a_previous_run(tiny_dataset, tiny_checkpoint, tmp_path):
+    """A new results file never sits beside the scores of an older one."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    for name in ("scores_bop19.json", "per_object.csv", "scores.md"):
+        (out / name).write_text('{"bop19_average_recall": 0.99}' if name.endswith(".json") else "old\n")
+    result = run_test_tool("--ckpt", str(tiny_checkpoint), "--data", str(tiny_dataset), "--out", str(out), "--no-eval")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "fastgdr_synth-test.csv").is_file()
+    assert not any((out / name).exists() for name in ("scores_bop19.json", "per_object.csv", "scores.md"))
+    assert "removed the previous run's" in result.stdout
 
 
 def test_tool_bad_input(tiny_dataset, tiny_checkpoint, tmp_path):

@@ -157,6 +157,36 @@ def test_shift_along_x(obj_id):
     assert be.rotation_errors(np.eye(3)[None], np.eye(3)[None]).item() == 0.0
 
 
+SHEAR = np.array([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "transform, degrees",
+    [
+        (SHEAR, math.degrees(2 * math.asin(0.3 / math.sqrt(8)))),  # 12.18°; the trace formula: 0
+        (0.5 * np.eye(3), math.degrees(2 * math.asin(0.5 * math.sqrt(3) / math.sqrt(8)))),  # 35.66°
+        (np.diag([1.0, 1.0, -1.0]), 90.0),  # a reflection: ‖diag(0, 0, -2)‖ = 2
+        (-np.eye(3), 180.0),
+    ],
+)
+def test_rotation_error_of_matrices_that_are_not_rotations(transform, degrees):
+    """R_e = R_g · M: the error is 2·arcsin(‖M − I‖_F / √8), whatever R_g, never 0 for M ≠ I."""
+    R_g = Rotation.random(5, random_state=3).as_matrix()
+    errors = be.rotation_errors(R_g @ transform, R_g).numpy()
+    np.testing.assert_allclose(errors, degrees, rtol=0, atol=1e-9)
+    if transform is SHEAR:  # what the toolkit's formula reports for it
+        assert ref.re(R_g[0] @ SHEAR, R_g[0]) < 1e-5
+
+
+def test_rotation_error_is_the_angle_between_rotations():
+    R_g = Rotation.random(50, random_state=4).as_matrix()
+    angles = np.linspace(0.0, 179.0, 50)
+    axes = Rotation.random(50, random_state=5).as_rotvec()
+    turns = Rotation.from_rotvec(axes / np.linalg.norm(axes, axis=1, keepdims=True) * np.radians(angles)[:, None])
+    np.testing.assert_allclose(be.rotation_errors(turns.as_matrix() @ R_g, R_g).numpy(), angles, rtol=0, atol=1e-9)
+    assert be.rotation_errors(R_g, R_g).abs().max().item() == 0.0
+
+
 def test_mspd_of_a_shift_along_z_has_closed_form():
     """A box (no symmetry) at depth Z moved by dz: the near-face corners move farthest."""
     size, Z, dz = np.array([60.0, 40.0, 30.0]), 350.0, 7.0

@@ -49,15 +49,19 @@ def project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
     return project_points(torch.from_numpy(points), torch.from_numpy(K)).numpy()
 
 
-# Plane edges fall between pixel centres: u in [10.5, 40.5], v in [5.5, 25.5] at z = 500 mm.
+# Plane edges fall between pixel centres (j + 0.5): u in [10.2, 40.8], v in [5.7, 25.3] at z = 500 mm.
 K_PLANE = camera(500.0, 500.0, 31.7, 20.3)
-PLANE_X = (10.5 - 31.7, 40.5 - 31.7)
-PLANE_Y = (5.5 - 20.3, 25.5 - 20.3)
+PLANE_X = (10.2 - 31.7, 40.8 - 31.7)
+PLANE_Y = (5.7 - 20.3, 25.3 - 20.3)
+SQUARE = 4
 
 
 @pytest.fixture(scope="module")
 def renderer():
-    r = Renderer({PLANE: plane_mesh(PLANE_X, PLANE_Y), BOX: box_mesh((80, 60, 40)), TETRA: tetra_mesh()})
+    r = Renderer({
+        PLANE: plane_mesh(PLANE_X, PLANE_Y), BOX: box_mesh((80, 60, 40)), TETRA: tetra_mesh(),
+        SQUARE: plane_mesh((-10.0, 10.0), (-10.0, 10.0)),
+    })
     try:
         r.render([], np.eye(3), 4, 4)
     except MissingDependencyError as exc:
@@ -66,16 +70,34 @@ def renderer():
     r.close()
 
 
+def test_square_covers_the_pixels_of_the_bop_convention(renderer):
+    """The BOP toolkit's pixel convention: pixel (row i, column j) covers [j, j+1) × [i, i+1)
+    of the image coordinates (u, v) = (K X)[:2] / Z and shows the ray through its centre
+    (j + 0.5, i + 0.5); it is covered when that centre is inside the projected square."""
+    K = camera(500.0, 500.0, 20.0, 23.75)
+    R, t = rotation([0.0, 0.0, np.pi / 2]), np.array([3.1, -2.3, 400.0])  # the 20 mm square, turned 90°
+    result = renderer.render([(SQUARE, R, t)], K, 48, 48, with_xyz=False)
+    # 1.25 px per mm at 400 mm: u in cx + 1.25 · (3.1 ± 10) = [11.375, 36.375],
+    # v in cy + 1.25 · (-2.3 ± 10) = [8.375, 33.375]. Centres j + 0.5 inside: columns
+    # 11..35, rows 8..32 (sampling at (j, i) instead would give columns 12..36, rows 9..33).
+    expected = np.zeros((48, 48), dtype=bool)
+    expected[8:33, 11:36] = True
+    np.testing.assert_array_equal(result.instance >= 0, expected)
+    np.testing.assert_allclose(result.depth[expected], 400.0, atol=1e-3)
+    assert np.all(result.depth[~expected] == 0)
+
+
 def test_plane_depth_and_footprint_follow_pixel_centres(renderer):
     t = np.array([0.0, 0.0, 500.0])
     result = renderer.render([(PLANE, np.eye(3), t)], K_PLANE, 64, 48, with_xyz=False)
     corners = np.array([[PLANE_X[0], PLANE_Y[0], 500], [PLANE_X[1], PLANE_Y[1], 500]], dtype=np.float64)
     (u0, v0), (u1, v1) = project(corners, K_PLANE)
     expected = np.zeros((48, 64), dtype=bool)
-    cols = np.arange(64)[(np.arange(64) > u0) & (np.arange(64) < u1)]
-    rows = np.arange(48)[(np.arange(48) > v0) & (np.arange(48) < v1)]
+    centres_u, centres_v = np.arange(64) + 0.5, np.arange(48) + 0.5
+    cols = np.arange(64)[(centres_u > u0) & (centres_u < u1)]
+    rows = np.arange(48)[(centres_v > v0) & (centres_v < v1)]
     expected[np.ix_(rows, cols)] = True
-    assert (cols[0], cols[-1], rows[0], rows[-1]) == (11, 40, 6, 25)
+    assert (cols[0], cols[-1], rows[0], rows[-1]) == (10, 40, 6, 24)
     np.testing.assert_array_equal(result.instance >= 0, expected)
     np.testing.assert_array_equal(result.instance[expected], 0)
     np.testing.assert_allclose(result.depth[expected], 500.0, atol=1e-3)
@@ -87,7 +109,7 @@ def test_rotated_plane_covers_pixels_whose_centre_is_inside(renderer):
     result = renderer.render([(PLANE, R, t)], K_PLANE, 64, 48, with_xyz=False)
     corners = np.array([[PLANE_X[i], PLANE_Y[j], 0.0] for i, j in ((0, 0), (1, 0), (1, 1), (0, 1))])
     polygon = project(corners @ R.T + t, K_PLANE)
-    v, u = np.mgrid[0:48, 0:64]
+    v, u = np.mgrid[0:48, 0:64] + 0.5  # pixel centres
     # Distance (px) of each pixel centre to each edge of the convex polygon, > 0 inside.
     following = np.roll(polygon, -1, axis=0)
     orientation = np.sign(np.sum(polygon[:, 0] * following[:, 1] - following[:, 0] * polygon[:, 1]))
@@ -111,7 +133,7 @@ def test_xyz_reprojects_to_pixel_centre_and_depth(renderer, obj_id):
     assert mask.sum() > 200
     points = result.xyz[mask].astype(np.float64) @ R.T + t
     rows, cols = np.nonzero(mask)
-    np.testing.assert_allclose(project(points, K), np.stack((cols, rows), axis=1), atol=1e-2)
+    np.testing.assert_allclose(project(points, K), np.stack((cols, rows), axis=1) + 0.5, atol=1e-2)
     np.testing.assert_allclose(points[:, 2], result.depth[mask], rtol=1e-5)
     assert np.all(result.xyz[~mask] == 0)
 

@@ -43,6 +43,38 @@ def make_eval_dir(root, name, ar, config_text, network_s=0.05, refine=None):
     return run
 
 
+def scored_eval_dir(tmp_path):
+    """An eval folder whose scores were written for the results CSV beside it."""
+    from fastgdr.eval.bop19 import EvalResult, write_scores
+
+    run = make_eval_dir(tmp_path, "p", 0.3, (CONFIGS / "p.yaml").read_text())
+    csv = run / "p_synth-test.csv"
+    csv.write_text("scene_id,im_id,obj_id,score,R,t,time\n1,0,1,0.9,1 0 0 0 1 0 0 0 1,0 0 500,0.1\n")
+    inference = json.loads((run / "inference.json").read_text())
+    (run / "inference.json").write_text(json.dumps({**inference, "results_csv": csv.name}))
+    result = EvalResult(scores={"bop19_average_recall": 0.3}, recalls={}, per_object={}, num_estimates_used=1,
+                        num_targets=1, num_valid_gts=1)
+    write_scores(result, run, results_file=csv)
+    return run, csv
+
+
+def test_scores_of_the_csv_beside_them_are_read(tmp_path):
+    run, _ = scored_eval_dir(tmp_path)
+    summary = read_eval_dir(run)
+    assert summary.average_recall == 0.3 and set(summary.scores) == {"bop19_average_recall"}
+
+
+def test_stale_scores_are_refused(tmp_path):
+    run, csv = scored_eval_dir(tmp_path)
+    csv.write_text(csv.read_text() + "1,1,1,0.8,1 0 0 0 1 0 0 0 1,0 0 500,0.1\n")  # a newer results file
+    with pytest.raises(FastGDRError, match="p_synth-test.csv has changed .* since it was scored: the scores are stale"):
+        read_eval_dir(run)
+    scores = json.loads((run / "scores_bop19.json").read_text())
+    (run / "scores_bop19.json").write_text(json.dumps({**scores, "results_file": "old_synth-test.csv"}))
+    with pytest.raises(FastGDRError, match="the scores are those of old_synth-test.csv, not of .*p_synth-test.csv"):
+        read_eval_dir(run)
+
+
 def bench_row(config, median_ms, rois=1, module="network", runtime="torch"):
     return BenchRow(
         config=config, module=module, runtime=runtime, device="cpu", device_name="test cpu", dtype="fp32",

@@ -33,6 +33,13 @@ def plain_data(tiny_dataset):
     return data
 
 
+def crop_pixel_of(uv: np.ndarray, sample: dict) -> np.ndarray:
+    """Crop pixel index (column, row) that GDRNPP's crop warp puts image point ``uv`` at: the
+    warp maps pixel indices, and pixel (i, j) is centred at (j + 0.5, i + 0.5) (fastgdr.render)."""
+    A = crop_affine_matrix(sample["roi_center"], 32 / sample["resize_ratio"], 32)
+    return (uv - 0.5) @ A[:, :2].T + A[:, 2]
+
+
 def test_xyz_targets_project_back_to_their_pixels(plain_data):
     for k in range(6):
         sample = plain_data[k]
@@ -42,9 +49,7 @@ def test_xyz_targets_project_back_to_their_pixels(plain_data):
         xyz_m = (sample["xyz"][:, ii, jj].T - 0.5) * sample["extent"]
         cam = xyz_m @ sample["rot"].T + sample["trans"]
         uv = cam[:, :2] / cam[:, 2:] * np.diag(sample["K"])[:2] + sample["K"][:2, 2]
-        A = crop_affine_matrix(sample["roi_center"], 32 / sample["resize_ratio"], 32)
-        out = uv @ A[:, :2].T + A[:, 2]
-        assert np.abs(out - np.stack([jj, ii], 1)).max() < 0.02
+        assert np.abs(crop_pixel_of(uv, sample) - np.stack([jj, ii], 1)).max() < 0.02
 
 
 def test_canonical_targets_are_a_pose_that_renders_the_same_pixels(tiny_dataset):
@@ -63,8 +68,7 @@ def test_canonical_targets_are_a_pose_that_renders_the_same_pixels(tiny_dataset)
         xyz_m = (sample["xyz"][:, ii, jj].T - 0.5) * sample["extent"]
         cam = xyz_m @ sample["rot"].T + sample["trans"]
         uv = cam[:, :2] / cam[:, 2:] * np.diag(sample["K"])[:2] + sample["K"][:2, 2]
-        A = crop_affine_matrix(sample["roi_center"], 32 / sample["resize_ratio"], 32)
-        assert np.abs(uv @ A[:, :2].T + A[:, 2] - np.stack([jj, ii], 1)).max() < 0.02
+        assert np.abs(crop_pixel_of(uv, sample) - np.stack([jj, ii], 1)).max() < 0.02
         assets = data.assets[inst.obj_id]
         allo = egocentric_to_allocentric(torch.from_numpy(sample["rot"]).double(), torch.from_numpy(sample["trans"]).double()).numpy()
         traces = np.einsum("ij,kji->k", allo, assets.sym_rots)

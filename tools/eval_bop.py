@@ -8,14 +8,21 @@ Examples:
 
 The results file is validated first (BOP format: header scene_id,im_id,obj_id,score,R,t,time;
 R row-major, t in mm, one time per image) and must be named
-METHOD_DATASET-SPLIT[-SPLITTYPE][_ID].csv with no '_' in METHOD; the split folder is
-SPLIT[_SPLITTYPE] unless --split is given. Targets come from DATA/test_targets_bop19.json,
-errors from DATA/models_eval. Writes OUT/scores_bop19.json (the BOP keys
-bop19_average_recall[_vsd|_mssd|_mspd], bop19_average_time_per_image, plus
-add_s_recall_0.02/0.05/0.10 and the mean rotation / translation error of the estimates
-matched at 0.10·d), OUT/per_object.csv and OUT/scores.md; scores already in OUT are
-replaced only with --overwrite. --out, --device, the dataset and the depth images VSD
-reads (their size included) are checked before the evaluation starts.
+METHOD_DATASET-SPLIT[-SPLITTYPE][_ID].csv with no '_' in METHOD. Like the BOP toolkit it
+scores any 3x3 R, but warns (count and line numbers) about matrices that are not rotations,
+about a file without estimates and about a DATASET that is unknown or another dataset's (an
+error when DATA is a known dataset of another name); --strict refuses such files.
+
+The split folder is SPLIT[_SPLITTYPE] unless --split is given. Targets come from
+DATA/test_targets_bop19.json, errors from DATA/models_eval. The dataset needs only what the
+BOP toolkit reads: models_eval/, the targets file and, per target scene, scene_camera.json,
+scene_gt.json, scene_gt_info.json and depth/ (for VSD); no rgb/, masks, models/ or
+camera.json. Writes OUT/scores_bop19.json (the BOP keys bop19_average_recall[_vsd|_mssd|_mspd],
+bop19_average_time_per_image, plus add_s_recall_0.02/0.05/0.10 and the mean rotation /
+translation error of the estimates matched at 0.10·d; the name and SHA-256 of the results
+file scored), OUT/per_object.csv and OUT/scores.md; scores already in OUT are replaced only
+with --overwrite. --out, --device, the dataset and the depth images VSD reads (their size
+included) are checked before the evaluation starts.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from fastgdr.cli import device_option, run_tool
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import detect_card
 from fastgdr.errors import FastGDRError
-from fastgdr.eval.results import SCORE_FILES, load_results, parse_result_filename
+from fastgdr.eval.results import SCORE_FILES, check_dataset_name, load_results, parse_result_filename
 from fastgdr.outputs import check_out_dir, claim_outputs
 
 DEFAULT_ERRORS = "vsd,mssd,mspd,ad"
@@ -48,17 +55,24 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu", help="torch device for the error computations (default: cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace scores of an earlier evaluation in OUT")
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="refuse results files with an R that is not a rotation, without estimates, or named for "
+             "another or an unknown dataset (default: warn, and score them as the BOP toolkit does)",
+    )
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
     # The results file is checked before torch is imported: a bad file fails fast.
-    _, dataset_name, split, split_type = parse_result_filename(args.results)
+    _, _, split, split_type = parse_result_filename(args.results)
     out = check_out_dir(args.out)
     claim_outputs([out / name for name in SCORE_FILES], inputs={"--results": args.results},
                   overwrite=args.overwrite)
-    estimates = load_results(args.results)
+    card = detect_card(args.data)
+    check_dataset_name(args.results, args.data, card.name if card is not None else None, strict=args.strict)
+    estimates = load_results(args.results, strict=args.strict)
     from fastgdr.eval.bop19 import ERROR_TYPES, evaluate, format_scores, write_scores
 
     device = device_option(args.device)
@@ -67,16 +81,14 @@ def main() -> int:
     unknown = [name for name in error_types if name not in ERROR_TYPES]
     if unknown or not error_types:
         raise FastGDRError(f"--errors: unknown error type(s) {unknown}; choose from {','.join(ERROR_TYPES)}")
-    card = detect_card(args.data)
-    if card is not None and dataset_name != card.name:
-        raise FastGDRError(
-            f"{args.results}: the file name says dataset '{dataset_name}' but {args.data} is '{card.name}'"
-        )
     split = args.split or (f"{split}_{split_type}" if split_type else split)
     dataset = BopDataset(args.data, card)
-    dataset.check([split], depth="vsd" in error_types)
-    result = evaluate(dataset, estimates, split=split, error_types=error_types, device=device, progress=True)
-    paths = write_scores(result, out)
+    # only what the evaluation reads: no colour images, masks, models/ or camera.json needed
+    targets = dataset.check_evaluation(split, depth="vsd" in error_types)
+    result = evaluate(
+        dataset, estimates, split=split, targets=targets, error_types=error_types, device=device, progress=True
+    )
+    paths = write_scores(result, out, results_file=args.results)
     print(format_scores(result))
     print(f"scores written to {paths['scores']}")
     return 0

@@ -7,7 +7,9 @@ Examples:
 
 Each argument is an output folder of tools/test.py (scores_bop19.json, inference.json,
 config.yaml) or of tools/bench_latency.py (a folder with latency.json, that file, or
-latency.csv: rows only, so runs are joined by name).
+latency.csv: rows only, so runs are joined by name). Scores that name another results file
+than the run's CSV, or a CSV changed since it was scored (scores_bop19.json records its name
+and SHA-256), are stale and refused with the command that rescores them.
 Writes OUT/README.md (the table, the plot, the benchmark's speed targets),
 OUT/speed_accuracy.png (AR over latency, one labelled point per run, the Pareto front drawn)
 and OUT/bop_results/ (a copy of every run's BOP results CSV); an earlier report in OUT is

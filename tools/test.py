@@ -13,7 +13,8 @@ estimates of an image: network time + depth-refinement time + the detector's tim
 OUT/inference.json (timing, the number of ConvNeXt blocks run fused; with --refine also
 the refinement ms per object and the number of objects left unrefined) and, when the split
 has ground truth,
-OUT/scores_bop19.json and per-object tables. --refine fast|icp refines the poses with
+OUT/scores_bop19.json and per-object tables (score files of an earlier run in OUT are removed
+first: scores are only ever those of the CSV beside them). --refine fast|icp refines the poses with
 the depth images (GDRNPP's translation-only "fast" update, or 6-DoF point-to-plane ICP)
 and renders the meshes of DATA/models/; images without usable depth keep their poses.
 Detections: the BOP list format (official default detections) or GDRNPP's dict format;
@@ -43,9 +44,9 @@ from fastgdr.config import save_config
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import DATASET_CARDS, detect_card
 from fastgdr.data.detections import load_detections
-from fastgdr.engine.inference import DECODERS, PosePredictor, infer_dataset, load_model, usable_detections
+from fastgdr.engine.inference import DECODERS, build_predictor, infer_dataset, load_model, usable_detections
 from fastgdr.errors import FastGDRError
-from fastgdr.eval.results import SCORE_FILES, ResultsWriter
+from fastgdr.eval.results import ResultsWriter
 from fastgdr.models.fusion import fuse_for_inference
 from fastgdr.outputs import atomic_write_text, check_name_part, check_out_dir, claim_outputs, remove_outputs
 from fastgdr.refine import REFINERS
@@ -109,8 +110,6 @@ def main() -> int:
     csv_path = check_out_dir(args.out) / f"{args.method}_{dataset_name}-{args.split.replace('_', '-')}.csv"
     outputs = [csv_path, csv_path.with_name(csv_path.name + ".partial"), args.out / "config.yaml",
                args.out / "inference.json"]
-    if evaluating:
-        outputs += [args.out / name for name in SCORE_FILES]
     detections_path = args.detections or find_detections(args.data, args.split)
     claim_outputs(outputs, inputs={"--ckpt": args.ckpt, "--detections": detections_path, "--config": args.config},
                   overwrite=args.overwrite)
@@ -124,24 +123,12 @@ def main() -> int:
 
     model, cfg = load_model(args.ckpt, args.config, args.overrides)
     fused_blocks = 0 if args.no_fuse else fuse_for_inference(model)
-    if cfg.model.class_aware and model.num_classes != len(dataset.obj_ids):
-        raise FastGDRError(
-            f"the model predicts {model.num_classes} classes but {args.data} has {len(dataset.obj_ids)} objects"
-        )
+    predictor = build_predictor(model, cfg, dataset, args.decoder, args.refine, device)
+    from fastgdr.eval.bop19 import remove_scores
 
-    labels = {obj_id: (dataset.label_of(obj_id) if cfg.model.class_aware else 0) for obj_id in dataset.obj_ids}
-    extents = {obj_id: dataset.models_info[obj_id].extents for obj_id in dataset.obj_ids}
-    renderer = None
-    if args.refine != "none":
-        from fastgdr.data.mesh import load_ply
-        from fastgdr.render import Renderer
-
-        renderer = Renderer({obj_id: load_ply(dataset.model_path(obj_id)) for obj_id in dataset.obj_ids})
-    predictor = PosePredictor(
-        model, labels, extents, cfg.model.input_res, cfg.model.input.channel_order, device, args.decoder,
-        refine=args.refine, renderer=renderer,
-    )
-    remove_outputs(p for p in outputs if p.exists())  # --overwrite: no stale scores beside new results
+    remove_outputs(p for p in outputs if p.exists())  # --overwrite
+    for path in remove_scores(args.out):  # scores of a previous run: never left beside the new CSV
+        print(f"removed the previous run's {path}")
     with ResultsWriter(csv_path) as writer:
         estimates, stats = infer_dataset(
             predictor, dataset, args.split, detections, top_k, threshold,
@@ -185,7 +172,7 @@ def main() -> int:
         from fastgdr.eval.bop19 import evaluate, write_scores
 
         result = evaluate(dataset, estimates, split=args.split, device=device, progress=True)
-        write_scores(result, args.out)
+        write_scores(result, args.out, results_file=csv_path)
         scores = result.scores
         print(
             f"AR {scores['bop19_average_recall']:.4f} (VSD {scores['bop19_average_recall_vsd']:.4f}, "

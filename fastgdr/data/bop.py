@@ -9,8 +9,9 @@ Layout (one dataset root)::
                         depth/{IM:06d}.png|.tif  mask/ mask_visib/{IM:06d}_{GT:06d}.png
 
 Units and conventions: model coordinates, model sizes and translations are in mm; depth
-images are returned in mm (stored value × ``depth_scale``); image coordinates are in px
-with integer values at pixel centres; rotations are row-major 3×3 matrices; ``R, t`` map
+images are returned in mm (stored value × ``depth_scale``); image coordinates are in px,
+pixel (row i, column j) covering [j, j + 1) × [i, i + 1) as the BOP toolkit renders them
+(:mod:`fastgdr.render.renderer`); rotations are row-major 3×3 matrices; ``R, t`` map
 model to camera coordinates (OpenCV camera, looking along +Z). Images are returned as
 BGR uint8, as OpenCV reads them.
 
@@ -503,12 +504,21 @@ class BopDataset:
             return self.models_info
         return load_models_info(self.eval_models_dir / "models_info.json")
 
+    @property
+    def _object_infos(self) -> dict[int, ObjectInfo]:
+        """models_info of the models folder, or of the evaluation models when the models
+        folder has none (a dataset holding only what the evaluation needs)."""
+        if (self.models_dir / "models_info.json").is_file() or not self.eval_models_dir.is_dir():
+            return self.models_info
+        return self.eval_models_info
+
     @cached_property
     def obj_ids(self) -> tuple[int, ...]:
-        """Object ids in class-label order: the card's order, else sorted models_info ids."""
+        """Object ids in class-label order: the card's order, else sorted models_info ids
+        (those of models_eval/ when there is no models/models_info.json)."""
         if self.card is not None:
             return self.card.obj_ids
-        return tuple(sorted(self.models_info))
+        return tuple(sorted(self._object_infos))
 
     def label_of(self, obj_id: int) -> int:
         """0-based class label of an object: its index in :attr:`obj_ids`."""
@@ -527,10 +537,10 @@ class BopDataset:
     @property
     def symmetric_obj_ids(self) -> tuple[int, ...]:
         """Objects evaluated with ADD-S: the card's list, else those of :attr:`obj_ids`
-        whose models_info declares a symmetry."""
+        whose models_info (models_eval's without a models folder) declares a symmetry."""
         if self.card is not None and self.card.symmetric_obj_ids is not None:
             return self.card.symmetric_obj_ids
-        infos = self.models_info
+        infos = self._object_infos
         return tuple(i for i in self.obj_ids if i in infos and infos[i].is_symmetric)
 
     def model_path(self, obj_id: int, eval: bool = False) -> Path:  # noqa: A002 (BOP's word)
@@ -731,6 +741,80 @@ class BopDataset:
 
     # ---- up-front validation -----------------------------------------------------
 
+    def check_evaluation(
+        self, split: str, *, depth: bool, targets_file: str = "test_targets_bop19.json"
+    ) -> list[TestTarget]:
+        """Validate what the BOP evaluation reads, and only that (as the BOP toolkit).
+
+        Checks: the evaluation models (``models_eval/``, else the models folder) have a
+        models_info.json entry and a .ply for every target object; the targets file; per
+        target scene, scene_camera.json, scene_gt.json and scene_gt_info.json parse and
+        agree, and list every target image; with ``depth`` (VSD), a depth image per target
+        image, all of the image size (from the PNG headers; the size of the card or camera
+        file, else that of the first depth image). Colour images, masks, the models folder
+        and camera.json are not needed.
+
+        Args:
+            split: split folder of the targets' scenes, e.g. ``"test"``.
+            depth: require the test depth of every target image.
+            targets_file: the targets file in the dataset root.
+
+        Returns:
+            The targets.
+
+        Raises:
+            DatasetError: on the first problem, naming the file, the field and what was
+                expected.
+        """
+        if not self.eval_models_dir.is_dir():
+            raise DatasetError(
+                f"{self._eval_models_dir}: folder not found (nor {self.models_dir}); the evaluation "
+                "computes every error on the evaluation models"
+            )
+        targets_path = self.root / targets_file
+        targets = self.load_test_targets(targets_file)
+        if not targets:
+            raise DatasetError(f"{targets_path}: lists no targets; there is nothing to evaluate")
+        infos, names = self.eval_models_info, _listing(self.eval_models_dir)
+        for obj_id in sorted({t.obj_id for t in targets}):
+            if obj_id not in infos:
+                raise DatasetError(
+                    f"{self.eval_models_dir / 'models_info.json'}: no entry for object {obj_id} (a target object)"
+                )
+            path = self.model_path(obj_id, eval=True)
+            if path.name not in names:
+                raise DatasetError(f"{path}: model file not found (object {obj_id}, a target object)")
+        images: dict[int, set[int]] = {}
+        for target in targets:
+            images.setdefault(target.scene_id, set()).add(target.im_id)
+        expected = self.image_size if self.card is not None or self.camera_path.is_file() else None
+        scene_ids = set(self.scene_ids(split))
+        for scene_id, im_ids in sorted(images.items()):
+            directory = self.scene_dir(split, scene_id)
+            if scene_id not in scene_ids:
+                raise DatasetError(f"{directory}: scene folder not found (scene {scene_id} of {targets_path})")
+            scene = self.load_scene(split, scene_id)
+            if scene.gt_info is None:
+                raise DatasetError(
+                    f"{directory / 'scene_gt_info.json'}: file not found (the evaluation needs visib_fract per GT)"
+                )
+            missing = sorted(im_ids - set(scene.camera))
+            if missing:
+                raise DatasetError(
+                    f"{targets_path}: scene {scene_id} image {missing[0]} is not in {directory / 'scene_camera.json'}"
+                )
+            listing = _listing(directory / "depth")
+            for im_id in sorted(im_ids) if depth else ():
+                found = [f"{im_id:06d}{ext}" for ext in _DEPTH_EXTENSIONS if f"{im_id:06d}{ext}" in listing]
+                if not found:
+                    raise DatasetError(
+                        f"{directory / 'depth'}: image {im_id}: no depth file {im_id:06d}.png or "
+                        f"{im_id:06d}.tif (VSD needs the test depth of every target image)"
+                    )
+                # the image size of the card or camera file, else that of the first depth image
+                expected = self._check_depth_size(directory / "depth" / found[0], expected, first_sets=True)
+        return targets
+
     def check(
         self,
         splits: Sequence[str],
@@ -835,14 +919,21 @@ class BopDataset:
                                 f"(mask of image {im_id}, entry {gt_index})"
                             )
 
-    def _check_depth_size(self, path: Path) -> None:
-        """The depth image has the dataset's image size (read from the file's header)."""
+    def _check_depth_size(
+        self, path: Path, expected: tuple[int, int] | None = None, first_sets: bool = False
+    ) -> tuple[int, int]:
+        """The depth image (its size read from the file's header) has ``expected`` (width,
+        height); None expects the dataset's image size or, with ``first_sets``, accepts the
+        size of this first image. Returns its size."""
         size = image_file_size(path)
         if size is None:
             raise DatasetError(f"{path}: cannot be read as an image")
-        if size != tuple(self.image_size):
-            width, height = self.image_size
+        if expected is None and first_sets:
+            return size
+        width, height = expected if expected is not None else self.image_size
+        if size != (width, height):
             raise DatasetError(f"{path}: depth image is {size[0]}×{size[1]} px, expected {width}×{height}")
+        return size
 
     def _check_targets(
         self, split: str, image_ids: dict[int, set[int]], known_ids: set[int]

@@ -29,8 +29,11 @@ def _check_same_shape(a: np.ndarray, a_name: str, b: np.ndarray, b_name: str) ->
 def depth_to_distance(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Convert a depth image (Z per pixel) to distances from the camera centre.
 
-    For pixel (u, v) with depth Z: X = (u - cx)·Z/fx, Y = (v - cy)·Z/fy and the distance
-    is √(X² + Y² + Z²). Skew in K is ignored, as in the BOP toolkit.
+    For the pixel in column u, row v (integer indices) with depth Z: X = (u - cx)·Z/fx,
+    Y = (v - cy)·Z/fy and the distance is √(X² + Y² + Z²). Skew in K is ignored. This is
+    the BOP toolkit's definition (``depth_im_to_dist_im_fast``, used by its VSD and
+    visibility masks) and is kept as such, although its renderer shows at that pixel the
+    ray through (u + 0.5, v + 0.5) (see :mod:`fastgdr.render.renderer`).
 
     Args:
         depth: (H, W) depth in mm (any real dtype); 0 = no value.

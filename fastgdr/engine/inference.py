@@ -22,7 +22,7 @@ import torch
 from fastgdr.checkpoint import load_weights, read_checkpoint
 from fastgdr.config import Config, from_dict, load_config
 from fastgdr.data.detections import Detection, DetectionReport, match_detections
-from fastgdr.errors import CheckpointError, DatasetError
+from fastgdr.errors import CheckpointError, DatasetError, FastGDRError
 from fastgdr.geometry import coord_2d_map, crop_resize, test_time_crop
 from fastgdr.models import GDRNPoseNet, PoseNetOutput, decode_pose
 from fastgdr.refine import REFINERS, RefineStats, RefineTarget, refine_poses
@@ -225,6 +225,41 @@ class PosePredictor:
         return [PosePrediction(p.detection, R, t) for p, (R, t) in zip(poses, refined)]
 
 
+def build_predictor(
+    model: GDRNPoseNet,
+    cfg: Config,
+    dataset,
+    decoder: str = "patchpnp",
+    refine: str = "none",
+    device: torch.device | str = "cpu",
+) -> PosePredictor:
+    """The predictor of ``model`` (built from ``cfg``) for the objects of a BOP ``dataset``.
+
+    Class labels follow the dataset's object order (all 0 for a class-agnostic head);
+    extents come from models_info.json; refinement renders the meshes of ``models/``.
+
+    Raises:
+        FastGDRError: if a class-aware model predicts another number of classes than the
+            dataset has objects.
+    """
+    if cfg.model.class_aware and model.num_classes != len(dataset.obj_ids):
+        raise FastGDRError(
+            f"the model predicts {model.num_classes} classes but {dataset.root} has {len(dataset.obj_ids)} objects"
+        )
+    labels = {obj_id: (dataset.label_of(obj_id) if cfg.model.class_aware else 0) for obj_id in dataset.obj_ids}
+    extents = {obj_id: dataset.models_info[obj_id].extents for obj_id in dataset.obj_ids}
+    renderer = None
+    if refine != "none":
+        from fastgdr.data.mesh import load_ply
+        from fastgdr.render import Renderer
+
+        renderer = Renderer({obj_id: load_ply(dataset.model_path(obj_id)) for obj_id in dataset.obj_ids})
+    return PosePredictor(
+        model, labels, extents, cfg.model.input_res, cfg.model.input.channel_order, device, decoder,
+        refine=refine, renderer=renderer,
+    )
+
+
 def mask_probability(mask: torch.Tensor) -> torch.Tensor:
     """GDRNPP's mask probability for L1-regressed masks: per-ROI min-max normalization."""
     flat = mask.flatten(1)
@@ -238,13 +273,15 @@ def pnp_ransac_pose(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """EPnP-RANSAC on predicted correspondences of ROI ``index`` (R, t in mm), or None.
 
-    2D points are the output pixels' image coordinates (u/W·W, v/H·H); 3D points the
+    2D points are the image coordinates of the output pixels' centres: the crop of
+    ``coord_2d`` holds pixel indices / (W, H), so c · (W, H) + 0.5 (the pixel convention of
+    :mod:`fastgdr.render.renderer`, which the coordinate targets are rendered in); 3D points the
     de-normalized predicted coordinates; pixels with mask probability > 0.5 and a
     non-degenerate coordinate are used. None when fewer than 4 points or no solution.
     """
     prob = mask_probability(out.visible_mask[index : index + 1])[0, 0].cpu().numpy()
     xyz = ((out.xyz[index].cpu().numpy().transpose(1, 2, 0) - 0.5) * extent_m).reshape(-1, 3)
-    uv = batch.coord_2d[index].cpu().numpy().transpose(1, 2, 0).reshape(-1, 2) * (width, height)
+    uv = batch.coord_2d[index].cpu().numpy().transpose(1, 2, 0).reshape(-1, 2) * (width, height) + 0.5
     keep = (prob.reshape(-1) > mask_threshold) & np.all(np.abs(xyz) > 1e-4 * extent_m, axis=1)
     if keep.sum() < 4:
         return None

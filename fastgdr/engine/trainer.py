@@ -108,7 +108,7 @@ def train_splits(cfg: Config, dataset: BopDataset) -> tuple[str, ...]:
 
 def build_train_dataset(cfg: Config, dataset: BopDataset, splits: Sequence[str]) -> GDRNTrainDataset:
     """The training samples ``cfg`` describes (crops of ``model.input_res`` px, stride-32 targets)."""
-    instances = index_train_instances(dataset, splits, cfg.data.visib_threshold)
+    instances = index_train_instances(dataset, splits, cfg.data.visib_threshold)[: cfg.data.max_instances]
     meshes = {obj_id: load_ply(dataset.model_path(obj_id)) for obj_id in dataset.obj_ids}
     assets = build_object_assets(meshes, dataset, cfg.model.num_regions, cfg.data.num_model_points, cfg.train.seed)
     return GDRNTrainDataset(
@@ -165,6 +165,19 @@ def _set_rng_state(state: dict) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
+
+
+def teacher_forced_pnp(model, out, targets, coord_2d, extents):
+    """Patch-PnP on the GT coordinates and regions inside the object, the (detached)
+    predictions outside it."""
+    import torch.nn.functional as F
+    m = targets.mask_xyz[:, None]
+    xyz = m * targets.xyz + (1 - m) * out.xyz.detach()
+    regions = out.region.shape[1] - 1
+    onehot = F.one_hot(targets.region, regions + 1).permute(0, 3, 1, 2)[:, 1:].to(xyz.dtype)
+    prob = m * onehot + (1 - m) * torch.softmax(out.region[:, 1:].detach(), dim=1)
+    rot6d, site = model.pnp_net(xyz, coord_2d, prob, extents)
+    return replace(out, rot6d=rot6d, site=site)
 
 
 class RunClock:
@@ -413,6 +426,11 @@ def train(
             out = train_model(images, roi_classes, batch["roi_coord_2d"].to(device), batch["roi_extents"].to(device))
         out = replace(out, **{f.name: getattr(out, f.name).float() for f in fields(out)})
         losses = gdrn_losses(out, targets, cfg.train.loss_weights)
+        if cfg.train.pnp_teacher_forcing > 0:
+            forced = teacher_forced_pnp(model, out, targets, batch["roi_coord_2d"].to(device), batch["roi_extents"].to(device))
+            w = cfg.train.loss_weights
+            pose_only = replace(w, xyz=0.0, mask_visible=0.0, mask_amodal=0.0, region=0.0)
+            losses.update({f"loss_tf_{k[5:]}": cfg.train.pnp_teacher_forcing * v for k, v in gdrn_losses(forced, targets, pose_only).items()})
         if distill_step is not None:
             losses.update(distill_step(images, roi_classes, out))
         loss = total_loss(losses)

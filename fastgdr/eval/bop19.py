@@ -37,7 +37,10 @@ Scores (:attr:`EvalResult.scores`):
 * with "ad": ``add_s_recall_0.02``, ``add_s_recall_0.05``, ``add_s_recall_0.10`` (recall
   at θ·diameter), and ``add_s_mean_rotation_error_deg`` / ``add_s_mean_translation_error_mm``:
   the mean rotation error (degrees) and translation error (mm) over the estimates matched
-  at 0.10·diameter (NaN when none is matched).
+  at 0.10·diameter (NaN when none is matched). The rotation error is
+  :func:`~fastgdr.eval.batched_errors.rotation_errors`: the angle between rotations, and
+  never 0 for an estimated R that is not a rotation (results files may hold any matrix;
+  they are scored as given, as the toolkit does).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 
@@ -58,7 +62,13 @@ from fastgdr.data.mesh import Mesh, load_ply
 from fastgdr.data.symmetry import symmetry_transformations
 from fastgdr.errors import DatasetError, FastGDRError
 from fastgdr.eval import batched_errors
-from fastgdr.eval.results import SCORE_FILES, PoseEstimate
+from fastgdr.eval.results import (
+    RESULTS_FILE_KEY,
+    RESULTS_SHA256_KEY,
+    SCORE_FILES,
+    PoseEstimate,
+    file_sha256,
+)
 from fastgdr.outputs import atomic_write_text
 
 ERROR_TYPES = ("vsd", "mssd", "mspd", "ad")
@@ -375,7 +385,7 @@ def evaluate(
     device = torch.device(device)
     obj_ids = sorted({t.obj_id for t in targets})
     models = {obj_id: _load_model(dataset, obj_id, device) for obj_id in obj_ids}
-    width, height = dataset.image_size
+    width, height = _image_size(dataset, split, per_image)
     renderer = None
     if backend is None:
         if "vsd" in error_types:
@@ -402,6 +412,24 @@ def evaluate(
         if renderer is not None:
             renderer.close()
     return tally.result(len(targets), average_time_per_image(estimates))
+
+
+def _image_size(dataset: BopDataset, split: str, per_image: dict[tuple[int, int], dict[int, int]]) -> tuple[int, int]:
+    """(width, height): the card's or the camera file's; without either (the evaluation needs
+    neither, as in the BOP toolkit) that of the first target image's depth."""
+    if dataset.card is not None or dataset.camera_path.is_file() or not per_image:
+        return dataset.image_size
+    scene_id, im_id = min(per_image)
+    try:
+        path = dataset.depth_path(split, scene_id, im_id)
+    except DatasetError as exc:
+        raise DatasetError(
+            f"{dataset.camera_path}: file not found, and no depth image to take the image size from ({exc})"
+        ) from None
+    depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if depth is None:
+        raise DatasetError(f"{path}: cannot be decoded as an image")
+    return int(depth.shape[1]), int(depth.shape[0])
 
 
 def average_time_per_image(estimates: Sequence[PoseEstimate]) -> float:
@@ -636,21 +664,51 @@ def _progress_callback(progress: bool | Callable[[int, int], None], total: int) 
 # ------------------------------------------------------------------------------------
 
 
-def write_scores(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
+def remove_scores(out_dir: str | Path) -> list[Path]:
+    """Delete the score files of :func:`write_scores` from ``out_dir`` (before a new results
+    file is written there: scores never stay beside a file they were not computed from).
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for name in SCORE_FILES:
+        path = Path(out_dir) / name
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def write_scores(result: EvalResult, out_dir: str | Path, results_file: str | Path | None = None) -> dict[str, Path]:
     """Write ``scores_bop19.json`` (the scores; NaN as null), ``per_object.csv`` and
     ``scores.md`` (both tables as markdown) into ``out_dir``.
+
+    Args:
+        result: the scores.
+        out_dir: the output folder (created).
+        results_file: the results CSV that was scored; its name and SHA-256 are recorded in
+            scores_bop19.json (``results_file``, ``results_sha256``) and scores.md, so that
+            readers (tools/report.py) can tell stale scores from current ones.
 
     Returns:
         name → path of the written files.
     """
     out_dir = Path(out_dir)
     paths = dict(zip(("scores", "per_object", "markdown"), (out_dir / name for name in SCORE_FILES)))
-    scores = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.scores.items()}
+    scores: dict[str, float | str | None] = {
+        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.scores.items()
+    }
+    source = ""
+    if results_file is not None:
+        digest = file_sha256(results_file)
+        scores.update({RESULTS_FILE_KEY: Path(results_file).name, RESULTS_SHA256_KEY: digest})
+        source = f"\n\nScores of `{Path(results_file).name}` (SHA-256 {digest})."
     columns = _per_object_columns(result)
     lines = [",".join(["obj_id", *columns])]
     for obj_id, row in result.per_object.items():
         lines.append(",".join([str(obj_id), *(_cell(row[c]) for c in columns)]))
-    for key, text in (("per_object", "\n".join(lines)), ("markdown", format_scores(result)),
+    for key, text in (("per_object", "\n".join(lines)), ("markdown", format_scores(result) + source),
                       ("scores", json.dumps(scores, indent=2))):  # the scores last: they mark a finished run
         atomic_write_text(paths[key], text + "\n", what="scores file")
     return paths

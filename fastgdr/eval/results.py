@@ -16,24 +16,43 @@ seven comma-separated fields::
 
 :func:`load_results` checks all of this and raises :class:`~fastgdr.errors.ResultsFormatError`
 with a one-line message naming the file, the first bad line and what was expected.
+
+The BOP toolkit scores any 3×3 matrix given as R. :func:`load_results` does too, but warns
+(:class:`~fastgdr.errors.ResultsWarning`, with the count and the line numbers) about matrices
+that are not rotations (RᵀR ≠ I or det R ≠ +1 beyond :data:`ROTATION_TOLERANCE`) and about a
+file without estimates; with ``strict=True`` it refuses such files.
+:func:`check_dataset_name` compares the dataset in the file name with the data evaluated.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fastgdr.errors import ResultsFormatError
+from fastgdr.errors import ResultsFormatError, ResultsWarning
 from fastgdr.outputs import atomic_write_text
 
 HEADER = "scene_id,im_id,obj_id,score,R,t,time"
 # Two times of one image may differ by at most this much (s), as in the BOP toolkit.
 TIME_TOLERANCE_S = 0.001
+# Largest deviation of an entry of RᵀR from the identity's for R to count as a rotation:
+# rotations written with 4 or more decimals stay well below it.
+ROTATION_TOLERANCE = 1e-3
+# Keys of scores_bop19.json naming the results file the scores were computed from
+# (fastgdr.eval.bop19.write_scores; checked by fastgdr.report).
+RESULTS_FILE_KEY, RESULTS_SHA256_KEY = "results_file", "results_sha256"
+# Line numbers listed in a warning about non-rotations.
+_LINES_SHOWN = 10
+# Dataset names of the BOP benchmark (its VSD δ table; the cards in fastgdr.data.cards
+# count too): a results file named for one of them was made for that dataset.
+BOP_DATASET_NAMES = ("hb", "hope", "icbin", "icmi", "itodd", "lm", "lmo", "ruapc", "tless", "tudl", "tyol", "ycbv")
 _FIELDS = HEADER.split(",")
 # The files fastgdr.eval.bop19.write_scores writes into an output folder.
 SCORE_FILES = ("scores_bop19.json", "per_object.csv", "scores.md")
@@ -60,6 +79,11 @@ class PoseEstimate:
     R: np.ndarray
     t: np.ndarray
     time: float
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (identifies the results file a set of scores is for)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def parse_result_filename(path: str | Path) -> tuple[str, str, str, str | None]:
@@ -101,7 +125,30 @@ def parse_result_filename(path: str | Path) -> tuple[str, str, str, str | None]:
     return parts[0], dataset_parts[0], dataset_parts[1], split_type
 
 
-def load_results(path: str | Path) -> list[PoseEstimate]:
+def rotation_defect(R: np.ndarray, tolerance: float = ROTATION_TOLERANCE) -> str | None:
+    """Why a 3×3 matrix is not a rotation, or None when it is one.
+
+    A rotation has RᵀR = I (every entry within ``tolerance``) and det R = +1 (a matrix
+    with RᵀR = I and det R = −1 is a reflection).
+
+    Args:
+        R: (3, 3) matrix.
+        tolerance: largest deviation of an entry of RᵀR from the identity's.
+
+    Returns:
+        A short reason, e.g. ``"RᵀR deviates from I by up to 0.3"``, or None.
+    """
+    R = np.asarray(R, dtype=np.float64).reshape(3, 3)
+    deviation = float(np.abs(R.T @ R - np.eye(3)).max())
+    det = float(np.linalg.det(R))
+    if deviation > tolerance:
+        return f"RᵀR deviates from I by up to {deviation:.3g}, det R = {det:.3g}"
+    if det < 0:
+        return f"det R = {det:.3g}: a reflection"
+    return None
+
+
+def load_results(path: str | Path, *, strict: bool = False) -> list[PoseEstimate]:
     """Read and validate a BOP 2019 results CSV.
 
     Checks, in file order, stopping at the first problem: the optional header on line 1;
@@ -109,8 +156,14 @@ def load_results(path: str | Path) -> list[PoseEstimate]:
     9 entries of R, the 3 entries of t and time; and that all estimates of one image have
     the same time within 1 ms. Blank lines are skipped.
 
+    Then, over the whole file: estimates whose R is not a rotation (:func:`rotation_defect`)
+    and a file without estimates. The BOP toolkit scores both as they are, and so does the
+    evaluation here; they are reported with a :class:`~fastgdr.errors.ResultsWarning` (the
+    count and the line numbers), or refused with ``strict``.
+
     Args:
         path: the CSV file.
+        strict: raise instead of warning about non-rotations and an empty file.
 
     Returns:
         The estimates in file order.
@@ -127,6 +180,7 @@ def load_results(path: str | Path) -> list[PoseEstimate]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ResultsFormatError(f"{path}: results file cannot be read: {exc}") from None
     estimates: list[PoseEstimate] = []
+    line_numbers: list[int] = []
     first_line_of_image: dict[tuple[int, int], tuple[float, int]] = {}
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or (line_no == 1 and HEADER in line.replace(" ", "")):
@@ -144,7 +198,83 @@ def load_results(path: str | Path) -> list[PoseEstimate]:
                     f"per-image time (within 1 ms) for all estimates of an image"
                 )
         estimates.append(estimate)
+        line_numbers.append(line_no)
+    not_rotations = [(line_numbers[k], rotation_defect(estimates[k].R)) for k in _non_rotations(estimates)]
+    if not estimates:
+        _complain(f"{path}: the file holds no estimates: every target counts as a miss", strict)
+    if not_rotations:
+        lines = ", ".join(str(line_no) for line_no, _ in not_rotations[:_LINES_SHOWN])
+        more = f" (the first {_LINES_SHOWN} shown)" if len(not_rotations) > _LINES_SHOWN else ""
+        _complain(
+            f"{path}: {len(not_rotations)} of {len(estimates)} estimates have an R that is not a rotation "
+            f"(RᵀR = I within {ROTATION_TOLERANCE:g} and det R = +1 expected), on lines {lines}{more}; "
+            f"line {not_rotations[0][0]}: {not_rotations[0][1]}. They are scored with the matrix as given, "
+            "as the BOP toolkit does",
+            strict,
+        )
     return estimates
+
+
+def _non_rotations(estimates: list[PoseEstimate]) -> list[int]:
+    """Indices of the estimates whose R :func:`rotation_defect` rejects (vectorized)."""
+    if not estimates:
+        return []
+    R = np.stack([e.R for e in estimates])
+    deviation = np.abs(R.transpose(0, 2, 1) @ R - np.eye(3)).max(axis=(1, 2))
+    return np.flatnonzero((deviation > ROTATION_TOLERANCE) | (np.linalg.det(R) < 0)).tolist()
+
+
+def _complain(message: str, strict: bool) -> None:
+    """A :class:`ResultsWarning`, or with ``strict`` a :class:`ResultsFormatError`."""
+    if strict:
+        raise ResultsFormatError(f"{message} (refused in strict mode)")
+    warnings.warn(message, ResultsWarning, stacklevel=3)
+
+
+def check_dataset_name(path: str | Path, data: str | Path, card_name: str | None, *, strict: bool = False) -> None:
+    """Check the DATASET of a results file name against the dataset folder it is scored on.
+
+    * The folder has a dataset card and the name differs: always an error (evaluating one
+      BOP dataset's results on another is never meant).
+    * No card, and the name is a BOP dataset (:data:`BOP_DATASET_NAMES`, the cards): the file is named
+      for another dataset; a warning.
+    * No card, and the name is neither a known dataset nor the folder's name (as
+      ``tools/test.py`` writes it: without ``_`` and ``-``): an unknown dataset name; a
+      warning.
+
+    Args:
+        path: the results file (``METHOD_DATASET-SPLIT….csv``).
+        data: the dataset folder.
+        card_name: the name of the folder's dataset card, or None.
+        strict: raise instead of warning.
+
+    Raises:
+        ResultsFormatError: a bad file name, a name that contradicts the card, or (with
+            ``strict``) any of the warnings.
+    """
+    from fastgdr.data.cards import DATASET_CARDS
+
+    name = parse_result_filename(path)[1]
+    data = Path(data)
+    if card_name is not None:
+        if name != card_name:
+            raise ResultsFormatError(f"{path}: the file name says dataset '{name}' but {data} is '{card_name}'")
+        return
+    known = sorted({*BOP_DATASET_NAMES, *DATASET_CARDS})
+    folder = data.resolve().name.replace("_", "").replace("-", "")
+    if name in known:
+        _complain(
+            f"{path}: the file is named for dataset '{name}', but {data} is not recognized as '{name}' "
+            f"(folder name '{data.resolve().name}'): the estimates are scored against {data}",
+            strict,
+        )
+    elif name.lower() != folder.lower():
+        _complain(
+            f"{path}: unknown dataset name '{name}': neither a known BOP dataset "
+            f"({', '.join(known)}) nor the folder name '{data.resolve().name}' of {data}; "
+            f"the estimates are scored against {data}",
+            strict,
+        )
 
 
 def _parse_line(path: Path, line_no: int, line: str) -> PoseEstimate:

@@ -2,8 +2,10 @@
 
 ``project_points`` and ``transform_points`` are batched, differentiable torch
 functions. The crop helpers use numpy/OpenCV (``zoom_camera_matrix`` accepts
-numpy or torch). Pixel coordinates follow OpenCV: integer values at pixel centres,
-u to the right (column), v down (row).
+numpy or torch). Image coordinates (u, v) = (K X)[:2] / Z, u to the right (column), v down
+(row), follow the package's pixel convention (:mod:`fastgdr.render.renderer`, the BOP
+toolkit's): pixel (row i, column j) covers [j, j + 1) × [i, i + 1), its centre is
+(j + 0.5, i + 0.5). The crop warp itself works on pixel *indices*, as GDRNPP's does.
 """
 
 from __future__ import annotations
@@ -60,14 +62,17 @@ def transform_points(points: Tensor, R: Tensor, t: Tensor) -> Tensor:
 def crop_affine_matrix(
     center: Sequence[float] | np.ndarray, crop_size: float, output_size: int, *, inverse: bool = False
 ) -> np.ndarray:
-    """Affine map of GDRNPP's square crop (no rotation).
+    """Affine map of GDRNPP's square crop (no rotation), on pixel indices.
 
     The square of side ``s = crop_size`` centred at ``center`` maps to
     ``output_size × output_size``: ``x' = (x - (c_x - s/2)) · output_size / s``,
-    same for y.
+    same for y, where x is an image pixel index (column j) and x' an output pixel index:
+    the map :func:`crop_resize` hands to ``cv2.warpAffine``, exactly GDRNPP's. In image
+    coordinates (pixel centre j + 0.5) it is ``u' - 0.5 = A (u - 0.5)``; see
+    :func:`zoom_camera_matrix`.
 
     Args:
-        center: (c_x, c_y) crop centre in px (image).
+        center: (c_x, c_y) crop centre in px (image, the warp's index coordinates).
         crop_size: side s of the square crop in px (image).
         output_size: side of the output in px.
         inverse: if True return the output → image map instead.
@@ -128,9 +133,15 @@ def zoom_camera_matrix(
 ) -> np.ndarray | Tensor:
     """Intrinsics of the crop made by :func:`crop_resize` / :func:`crop_affine_matrix`.
 
-    The principal point is shifted by the crop's top-left corner ``center - s/2``,
-    then the first two rows are scaled by ``output_size / s``. Projecting with the
-    result equals applying the crop affine to the projection with ``K``.
+    The crop affine A maps pixel indices, i.e. image coordinates minus half a pixel
+    (pixel (i, j) is centred at (j + 0.5, i + 0.5), see :mod:`fastgdr.render.renderer`).
+    In image coordinates the crop is therefore ``u' = A (u - 0.5) + 0.5``: with
+    ``k = output_size / s`` and the top-left corner ``x0 = c_x - s/2``, the focal lengths
+    and skew are scaled by k and the principal point becomes
+    ``k (c_x - 0.5 - x0) + 0.5`` (same for y). Rendering with the result at
+    ``output_size`` gives the pixels :func:`crop_resize` cuts from a full-size render
+    (up to the resampling), and a point projected with it lands in the crop pixel that
+    shows it.
 
     Args:
         K: [..., 3, 3] intrinsics in px, numpy array or torch tensor.
@@ -145,14 +156,20 @@ def zoom_camera_matrix(
         ValueError: if K is not [..., 3, 3].
     """
     _check_shape(K, "K", (3, 3))
-    affine = np.vstack((crop_affine_matrix(center, crop_size, output_size), [0.0, 0.0, 1.0]))
+    half = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    index_affine = np.vstack((crop_affine_matrix(center, crop_size, output_size), [0.0, 0.0, 1.0]))
+    affine = half @ index_affine @ np.linalg.inv(half)
     if isinstance(K, Tensor):
         return torch.as_tensor(affine, dtype=K.dtype, device=K.device) @ K
     return (affine @ K).astype(np.result_type(K.dtype, np.float32), copy=False)
 
 
 def coord_2d_map(width: int, height: int) -> np.ndarray:
-    """Normalized pixel-coordinate map of an image.
+    """Normalized pixel-index map of an image: GDRNPP's ``coord_2d`` network input.
+
+    It holds pixel *indices* j / W, as GDRNPP's does (checkpoints are trained on it); the
+    image coordinate of the centre of pixel j is j + 0.5 (:mod:`fastgdr.render.renderer`),
+    so a value c of this map (or of a crop of it) is the image point ``c · W + 0.5``.
 
     Args:
         width: image width W in px.

@@ -7,10 +7,22 @@ creates its own there. EGL does not survive ``fork``: a process forked after its
 created a context cannot render (it would hang); rendering there raises a RuntimeError.
 Either render only in the workers, or start them with ``spawn``/``forkserver``.
 
-Conventions:
-    * Camera: OpenCV pinhole. A camera-frame point X (mm) projects to ``(u, v) = (K X)[:2] / Z``;
-      integer (u, v) is the centre of pixel column u / row v, so image pixel (row i,
-      column j) shows the surface hit by the ray through (u, v) = (j, i). Rows go down.
+Pixel convention (the one of the whole package; the BOP toolkit's renderer's):
+    * Camera: OpenCV pinhole. A camera-frame point X (mm) projects to the continuous image
+      coordinates ``(u, v) = (K X)[:2] / Z``, u to the right, v down. Image pixel (row i,
+      column j) is the unit square ``[j, j + 1) × [i, i + 1)`` of these coordinates and
+      shows the surface hit by the ray through its centre ``(u, v) = (j + 0.5, i + 0.5)``.
+      This is how the BOP toolkit renders (its renderers map u straight to the window
+      coordinate x), so depth, masks and scene_gt_info of BOP datasets, the VSD of the
+      toolkit and everything rendered here agree pixel for pixel.
+    * Consequences elsewhere: back-projecting pixel (i, j) uses (j + 0.5, i + 0.5)
+      (:mod:`fastgdr.refine`, EPnP in :mod:`fastgdr.engine.inference`); GDRNPP's crop warp
+      maps pixel *indices* (:func:`fastgdr.geometry.crop_affine_matrix`), so the intrinsics
+      of a crop (:func:`fastgdr.geometry.zoom_camera_matrix`) carry the half-pixel terms.
+      Two index-based quantities are kept as their owners define them: the distance image
+      of VSD and of the visibility test (the toolkit uses u = j there,
+      :func:`fastgdr.data.visibility.depth_to_distance`) and GDRNPP's ``coord_2d`` input
+      (j / W, :func:`fastgdr.geometry.coord_2d_map`).
     * Poses are model → camera: ``X_cam = R @ X_model + t``, R (3, 3), t (3,) in mm.
     * Depth is the camera-frame z in mm (not the distance along the ray).
     * A pixel is covered by a triangle when its centre is inside the projected triangle
@@ -108,10 +120,11 @@ class RenderResult:
 def projection_matrix(K: np.ndarray, width: int, height: int, near: float, far: float) -> np.ndarray:
     """OpenGL projection of an OpenCV camera, keeping image rows top to bottom.
 
-    Maps a camera-frame point to clip space so that the window coordinates are
-    ``(u + 0.5, v + 0.5)`` with (u, v) its OpenCV pixel coordinates: the GL pixel centre
-    ``(j + 0.5, i + 0.5)`` then samples (u, v) = (j, i), and row i of the read-back
-    buffer is image row i (no flip). Depth maps z in [near, far] to NDC [-1, 1].
+    Maps a camera-frame point to clip space so that its window coordinates are its image
+    coordinates ``(u, v) = (K X)[:2] / Z``, as the BOP toolkit's renderers do: the GL pixel
+    centre ``(j + 0.5, i + 0.5)`` samples (u, v) = (j + 0.5, i + 0.5) (see the module
+    docstring), and row i of the read-back buffer is image row i (no flip). Depth maps z
+    in [near, far] to NDC [-1, 1].
 
     Args:
         K: (3, 3) intrinsics in px (skew allowed).
@@ -126,9 +139,9 @@ def projection_matrix(K: np.ndarray, width: int, height: int, near: float, far: 
     K = np.asarray(K, dtype=np.float64)
     P = np.zeros((4, 4), dtype=np.float64)
     P[0, :3] = 2.0 * K[0] / width
-    P[0, 2] += 1.0 / width - 1.0
+    P[0, 2] -= 1.0
     P[1, :3] = 2.0 * K[1] / height
-    P[1, 2] += 1.0 / height - 1.0
+    P[1, 2] -= 1.0
     P[2, 2] = (far + near) / (far - near)
     P[2, 3] = -2.0 * far * near / (far - near)
     P[3, 2] = 1.0

@@ -1,0 +1,95 @@
+"""How fast does a model learn? Train from random weights for M minutes, evaluate along the way.
+
+Examples:
+  python benchmarks/bench_learning.py --config configs/p.yaml --minutes 12 --out runs/learn_p
+  python benchmarks/bench_learning.py --config configs/n.yaml --minutes 12 --out runs/learn_n --seed 1
+  python benchmarks/bench_learning.py --config configs/p.yaml --minutes 12 --out runs/learn_p_gdrnpp train.recipe=gdrnpp
+
+Stages (a re-run skips the finished ones):
+  1. the default synthetic dataset in --data, generated when it is not there (4 objects,
+     400 training and 50 held-out test images; tools/make_synthetic.py's defaults);
+  2. the untrained model (the recipe's initialisation), the curve's point at minute 0;
+  3. training from random weights with train.time_budget_minutes=M, saving the weights at
+     --points evenly spaced fractions of the budget (tools/train.py; the clock counts the
+     training loop, data loading included, not the set-up before it);
+  4. every saved model evaluated on the held-out test split from the dataset's detections,
+     with each of --decoders (inference and BOP 2019 scoring are not counted in M).
+Outputs in OUT: curve.csv, curve.png, the run folder (train/, with metrics.csv) and the
+last line  AR=<x> ADD-S=<y> iterations=<n> minutes=<m>  for the final model with
+--decoder. Defaults: the short training recipe, 128 px crops, batch 16 (overridable with
+dotted config overrides). Time it on an idle machine: other jobs slow training directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fastgdr.cli import run_tool
+from fastgdr.data.synthetic import SyntheticSpec, generate_dataset
+from fastgdr.engine.inference import DECODERS
+from fastgdr.learning_curve import curve_points, plot_curve, run_checkpoints, write_curve_csv
+from fastgdr.pipeline import Stage, run_pipeline
+
+DEFAULT_OVERRIDES = ("train.recipe=short", "model.input_res=128", "train.batch_size=16", "data.num_workers=0")
+DETECTIONS = Path("detections/synth_default_detections_test.json")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="model config (configs/*.yaml)")
+    parser.add_argument("--minutes", type=float, required=True, help="training wall clock in minutes")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--data", type=Path, default=Path("datasets/synth"),
+                        help="synthetic dataset folder, generated when missing (default datasets/synth)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--points", type=int, default=4, help="evaluations along the run, the last at the end")
+    parser.add_argument("--decoders", default="patchpnp,epnp-rot", help="comma-separated pose decoders to evaluate")
+    parser.add_argument("--decoder", default="epnp-rot", choices=list(DECODERS), help="decoder of the last line")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides (after the defaults above)")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    decoders = [d.strip() for d in args.decoders.split(",") if d.strip()]
+    if args.decoder not in decoders:
+        decoders.append(args.decoder)
+    unknown = [d for d in decoders if d not in DECODERS]
+    if unknown:
+        raise SystemExit(f"unknown decoder(s) {', '.join(unknown)}; valid: {', '.join(DECODERS)}")
+    if not (args.data / "test_targets_bop19.json").exists():
+        print(f"generating the default synthetic dataset in {args.data}")
+        generate_dataset(args.data, SyntheticSpec())
+    overrides = (*DEFAULT_OVERRIDES, f"train.seed={args.seed}", *args.overrides)
+    fractions = [round(i / args.points, 4) for i in range(1, args.points)]
+
+    def train_stage(name: str, *extra: str) -> Stage:
+        return Stage(
+            name, "train.py",
+            ("--config", str(args.config), "--data", str(args.data), "--out", str(args.out / name), "--no-progress",
+             *overrides, *extra),
+            (args.out / name / "model_final.pth",),
+            resumable=args.out / name / "last_checkpoint.pth",
+        )
+
+    run_pipeline([
+        train_stage("untrained", "train.iterations=0"),
+        train_stage("train", f"train.time_budget_minutes={args.minutes}", f"train.snapshots=[{','.join(map(str, fractions))}]",
+                    "train.checkpoint_period=100"),
+    ], args.out / "logs")
+
+    checkpoints = [args.out / "untrained" / "model_final.pth", *run_checkpoints(args.out / "train")]
+    points = curve_points(checkpoints, args.data, args.data / DETECTIONS, decoders, cache_dir=args.out / "eval")
+    write_curve_csv(points, args.out / "curve.csv")
+    title = f"{args.config.stem}: {' '.join(args.overrides) or 'defaults'}, seed {args.seed}, {args.minutes:g} min"
+    plot_curve(points, args.out / "curve.png", title)
+    final = [p for p in points if p.decoder == args.decoder][-1]
+    print(f"curve: {args.out / 'curve.csv'}, {args.out / 'curve.png'}")
+    print(f"AR={final.ar:.4f} ADD-S={final.add_s:.4f} iterations={final.iteration} minutes={final.minutes:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_tool(main)

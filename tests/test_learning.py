@@ -1,0 +1,64 @@
+"""Training learns: a tiny network overfits a few training ROIs with the short recipe.
+
+A guard against recipes that do not learn (the coordinate loss stuck at its "predict the
+mean" level, one rotation for every ROI). The same test with ``train.recipe=gdrnpp`` does
+not pass (docs/training.md records it), so it fails when learning breaks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastgdr.config import load_config
+from fastgdr.data.train_dataset import CollateTargets
+from fastgdr.engine.inference import load_model
+from fastgdr.engine.trainer import build_train_dataset, open_dataset, train
+from fastgdr.geometry import rotation_angle_between
+from fastgdr.losses.gdrn import closest_symmetric_rotation, coordinate_losses
+from fastgdr.models import decode_pose
+
+from conftest import REPO, TINY_TRAIN_OVERRIDES
+
+OVERFIT_OVERRIDES = [
+    *TINY_TRAIN_OVERRIDES,
+    "model.input_res=64",
+    "data.augment.color_prob=0",
+    "data.augment.background_prob=0",
+    "data.augment.dzi_scale_ratio=0",
+    "data.augment.dzi_shift_ratio=0",
+    "train.batch_size=8",
+    "train.log_period=50",
+    "train.checkpoint_period=1000",
+]
+ITERATIONS = 150
+TRAIN_ROIS = 8
+
+
+def overfit(tiny_dataset, tmp_path, recipe: str):
+    """Train on the first TRAIN_ROIS instances only; return (xyz L1, its mean level, median
+    rotation error in degrees) on them."""
+    cfg = load_config(REPO / "configs/p.yaml", [
+        *OVERFIT_OVERRIDES, f"train.recipe={recipe}", f"train.iterations={ITERATIONS}", f"data.max_instances={TRAIN_ROIS}",
+    ])
+    result = train(cfg, tiny_dataset, tmp_path / recipe, progress=False)
+    model, _ = load_model(result.final_checkpoint)
+    data = build_train_dataset(cfg, open_dataset(cfg, tiny_dataset), ["train_pbr"])
+    data.augment = None
+    batch = CollateTargets(data.assets)([data[k] for k in range(TRAIN_ROIS)])
+    targets = batch["targets"]
+    with torch.no_grad():
+        out = model(batch["images"], batch["roi_classes"], batch["roi_coord_2d"], batch["roi_extents"])
+    xyz = sum(coordinate_losses(out.xyz, targets.xyz, targets.mask_xyz)) / 3
+    mean_level = sum(coordinate_losses(torch.full_like(targets.xyz, 0.5), targets.xyz, targets.mask_xyz)) / 3
+    R, _ = decode_pose(out.rot6d, out.site, targets.roi_centers, targets.roi_whs, targets.resize_ratios, targets.K)
+    R_gt = closest_symmetric_rotation(R, targets.rot, targets.sym_rots)
+    angles = torch.rad2deg(rotation_angle_between(R, R_gt))
+    return xyz.item(), mean_level.item(), angles.median().item()
+
+
+@pytest.mark.parametrize("recipe", ["short"])
+def test_short_recipe_overfits_a_few_rois(tiny_dataset, tmp_path, recipe):
+    xyz, mean_level, rotation_deg = overfit(tiny_dataset, tmp_path, recipe)
+    assert xyz < 0.5 * mean_level, f"xyz L1 {xyz:.3f} vs its mean level {mean_level:.3f}"
+    assert rotation_deg < 20.0, f"median rotation error on the training ROIs {rotation_deg:.1f}°"
