@@ -156,7 +156,8 @@ def main() -> None:
 
         if args.end_to_end > 0:
             tool = Path(__file__).resolve().parents[1] / "tools" / "eval_bop.py"
-            command = [sys.executable, str(tool), "--results", str(csv), "--data", str(root), "--out", str(Path(tmp) / "eval")]
+            command = [sys.executable, str(tool), "--results", str(csv), "--data", str(root), "--out", str(Path(tmp) / "eval"),
+                       "--overwrite"]
             walls = [timed(lambda: subprocess.run(command, check=True, capture_output=True))[1] for _ in range(args.end_to_end)]
             print(f"end to end (tools/eval_bop.py, {len(estimates)} estimates): "
                   f"{', '.join(f'{w:.2f}' for w in walls)} s; median {float(np.median(walls)):.2f} s")

@@ -71,6 +71,7 @@ def main() -> int:
             ("--config", str(args.config), "--data", str(args.data), "--out", str(args.out / name), "--no-progress",
              *overrides, *extra),
             (args.out / name / "model_final.pth",),
+            resumable=args.out / name / "last_checkpoint.pth",
         )
 
     run_pipeline([

@@ -81,7 +81,7 @@ def main() -> int:
         folder = args.out / name / "eval"
         return Stage(f"test {name}", "test.py",
                      ("--ckpt", str(checkpoint), "--data", str(args.data), "--detections", str(detections),
-                      "--out", str(folder), "--method", name.replace("_", "-")),
+                      "--out", str(folder), "--method", name.replace("_", "-"), "--overwrite"),
                      (folder / "scores_bop19.json",))
 
     stages = []
@@ -91,7 +91,7 @@ def main() -> int:
         stages.append(Stage("train teacher", "train.py",
                             ("--config", str(args.teacher_config), "--data", str(args.data), "--out",
                              str(teacher.parent), "--no-progress", *schedule(args.teacher_iterations, 0)),
-                            (teacher,)))
+                            (teacher,), resumable=teacher.parent / "last_checkpoint.pth"))
     stages.append(test_stage("teacher", teacher))
     for seed in seeds:
         for kind in kinds:
@@ -99,7 +99,8 @@ def main() -> int:
             common = ("--config", str(args.config), "--data", str(args.data), "--out", str(args.out / name),
                       "--no-progress", *schedule(args.iterations, seed), *KIND_OVERRIDES[kind])
             tool, extra = ("train.py", ()) if kind == "plain" else ("distill.py", ("--teacher", str(teacher)))
-            stages.append(Stage(f"train {name}", tool, (*extra, *common), (args.out / name / "model_final.pth",)))
+            stages.append(Stage(f"train {name}", tool, (*extra, *common), (args.out / name / "model_final.pth",),
+                                resumable=args.out / name / "last_checkpoint.pth"))
             stages.append(test_stage(name, args.out / name / "model_final.pth"))
     run_pipeline(stages, args.out / "logs")
     table = summarize(args, kinds)

@@ -11,8 +11,8 @@ Loading compares every key and shape and refuses a partial load unless asked.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,6 +22,7 @@ from torch import nn
 
 from fastgdr import __version__
 from fastgdr.errors import CheckpointError
+from fastgdr.outputs import atomic_write
 
 WRAPPER_PREFIXES = ("_module.", "module.")
 MAX_LISTED_KEYS = 25
@@ -61,17 +62,53 @@ class KeyReport:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU without unpickling arbitrary objects."""
+    """Load a checkpoint file on the CPU without unpickling arbitrary objects.
+
+    Only tensors and plain containers are read (``weights_only``): code pickled into a
+    checkpoint never runs, and such a file is refused.
+
+    Raises:
+        CheckpointError: the file is missing, empty, not a PyTorch checkpoint, truncated,
+            holds other objects, or is not a dict; the message says which.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "not found"
+        raise CheckpointError(f"checkpoint {what}: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes; an interrupted copy?)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_unreadable_reason(path, size, exc)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict (state dict or checkpoint), got {type(data).__name__}")
     return data
+
+
+def _unreadable_reason(path: Path, size: int, exc: Exception) -> str:
+    """Why torch could not read ``path``, in fastgdr's words (torch's own messages suggest
+    loading with code execution enabled, which fastgdr never does)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    is_zip = zipfile.is_zipfile(path)
+    if head.startswith(b"PK") and not is_zip:
+        return f"the zip archive is truncated or corrupt ({size} bytes; an interrupted copy or save?)"
+    if not is_zip and not head.startswith(b"\x80"):  # neither torch's zip nor its legacy pickle format
+        return f"not a PyTorch checkpoint ({size} bytes that are neither a zip archive nor a pickle)"
+    if isinstance(exc, pickle.UnpicklingError):
+        return (
+            "it holds Python objects other than tensors and plain containers (pickled classes or code"
+            + ("" if is_zip else ", or corrupt data")
+            + "); fastgdr reads only tensors, numbers, strings, lists and dicts and never runs code from a "
+            "checkpoint: save the weights as a state dict (torch.save(model.state_dict(), ...))"
+        )
+    if isinstance(exc, EOFError):
+        return f"the file ends early ({size} bytes; truncated?)"
+    text = str(exc).strip()
+    first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+    return f"the file is corrupt or truncated ({size} bytes): {first}"
 
 
 def extract_state_dict(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -147,7 +184,8 @@ def load_weights(
         The key report (``report.ok`` is True after a strict load).
 
     Raises:
-        CheckpointError: the file is missing or unreadable, or (strict) keys mismatch.
+        CheckpointError: the file is missing or unreadable, a tensor holds NaN or
+            infinite values, or (strict) keys mismatch.
     """
     if source is None:
         source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "checkpoint"
@@ -161,6 +199,13 @@ def load_weights(
         )
     mismatched = {k for k, _, _ in report.mismatched}
     usable = {k: v for k, v in state.items() if k not in mismatched and k not in report.unexpected}
+    non_finite = [k for k, v in usable.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:
+        listed = ", ".join(non_finite[:5]) + (f" and {len(non_finite) - 5} more" if len(non_finite) > 5 else "")
+        raise CheckpointError(
+            f"{source}: {len(non_finite)} tensor(s) hold NaN or infinite values ({listed}); "
+            "the run that wrote it diverged"
+        )
     model.load_state_dict(usable, strict=False)
     return report
 
@@ -169,17 +214,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, **extra: Any) -> Path:
     """Write ``{"model": state_dict, "fastgdr_version": …, **extra}`` atomically.
 
     The file is written next to its destination and renamed into place, so an
-    interrupted save never leaves a truncated checkpoint behind.
+    interrupted or failing save (a full disk) never leaves a truncated checkpoint behind
+    and keeps the previous one; its permissions follow the umask, as every other output.
+
+    Raises:
+        OutputError: the file cannot be written (the message says why and that the
+            previous checkpoint is unchanged).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": model.state_dict(), "fastgdr_version": __version__, **extra}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f), what="checkpoint")

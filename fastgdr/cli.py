@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fastgdr.errors import FastGDRError, FastGDRWarning
 
+if TYPE_CHECKING:
+    import torch
 
 _python_showwarning = warnings.showwarning
 
@@ -34,3 +36,29 @@ def run_tool(main: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(status or 0)
+
+
+def device_option(name: str, option: str = "--device") -> "torch.device":
+    """The torch device a ``--device`` value names, if this machine has it.
+
+    Raises:
+        FastGDRError: an unknown device, or a CUDA device this torch build or machine
+            does not have (checked before any work starts).
+    """
+    import torch
+
+    valid = "cpu, cuda or cuda:<index>"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise FastGDRError(f"{option} {name!r} is not a device; valid: {valid}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise FastGDRError(f"{option} {name!r} is not supported; valid: {valid}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise FastGDRError(f"{option} {name}: this torch ({torch.__version__}, {build}) sees no CUDA device; "
+                               "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise FastGDRError(f"{option} {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device

@@ -33,6 +33,16 @@ class ResultsFormatError(FastGDRError):
     """A pose-results file (BOP CSV) is malformed; the message names the file and line."""
 
 
+class OutputError(FastGDRError):
+    """An output would replace finished results or an input, lies outside ``--out``, or
+    cannot be written; the message names the path and what to do."""
+
+
+class TrainingError(FastGDRError):
+    """Training cannot go on (a non-finite loss, gradient or weight); the message names
+    the iteration, the terms and the checkpoint that is kept."""
+
+
 class FastGDRWarning(UserWarning):
     """Input that can be processed but is probably not what was meant; tools print the
     message as one ``warning:`` line."""

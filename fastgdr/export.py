@@ -35,6 +35,7 @@ dense outputs of each ROI's own class.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -47,6 +48,7 @@ from fastgdr._compat import import_optional
 from fastgdr.errors import FastGDRError
 from fastgdr.models import GDRNPoseNet, decode_pose, split_head_channels
 from fastgdr.models.fusion import FusedConvNeXtBlock
+from fastgdr.outputs import atomic_write
 
 INPUT_NAMES = (
     "images",
@@ -182,7 +184,8 @@ def export_onnx(model: GDRNPoseNet, path: str | Path, input_res: int, batch: int
     """Write the network as an ONNX file with a dynamic ROI batch axis.
 
     The model is traced in eval mode on ``batch`` random ROIs (:func:`random_roi_batch`)
-    and put back in its previous mode. The file is checked with ``onnx.checker``.
+    and put back in its previous mode. The graph is checked with ``onnx.checker`` and
+    then written atomically (a failed export leaves an existing file as it was).
 
     Args:
         model: the pose network (pruned or not), on any device.
@@ -206,8 +209,8 @@ def export_onnx(model: GDRNPoseNet, path: str | Path, input_res: int, batch: int
     if batch < 1:
         raise ExportError(f"the tracing batch must be at least 1, got {batch}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     inputs = random_roi_batch(model, batch, input_res)
+    buffer = io.BytesIO()
     was_training = model.training
     model.eval()
     try:
@@ -220,7 +223,7 @@ def export_onnx(model: GDRNPoseNet, path: str | Path, input_res: int, batch: int
             torch.onnx.export(
                 ExportablePoseNet(model),
                 tuple(inputs.values()),
-                str(path),
+                buffer,
                 input_names=list(INPUT_NAMES),
                 output_names=list(OUTPUT_NAMES),
                 dynamic_axes={name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES},
@@ -229,12 +232,12 @@ def export_onnx(model: GDRNPoseNet, path: str | Path, input_res: int, batch: int
             )
     finally:
         model.train(was_training)
-    graph = onnx.load(str(path))
+    graph = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(graph)
     names = tuple(i.name for i in graph.graph.input)
     if names != INPUT_NAMES:
         raise ExportError(f"{path}: the exported graph has inputs {list(names)}, expected {list(INPUT_NAMES)}")
-    return path
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()), what="ONNX file")
 
 
 def eager_outputs(model: GDRNPoseNet, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

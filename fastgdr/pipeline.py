@@ -4,7 +4,8 @@ Every stage runs one of the real command-line tools in ``tools/`` as a subproces
 a user would type), logs its output to ``OUT/logs/<stage>.log`` and is skipped when its
 outputs already exist, so re-running resumes after the last finished stage. A stage's
 outputs are written by the tool itself (atomically for checkpoints), so an interrupted
-stage simply runs again.
+stage runs again: with ``--overwrite`` (the tools refuse to replace earlier outputs
+otherwise), a training stage with ``--resume`` from its last checkpoint when it has one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Stage:
     args: tuple[str, ...]
     outputs: tuple[Path, ...]
     always: bool = False  # cheap summaries of earlier stages run every time
+    resumable: Path | None = None  # a training stage's last checkpoint: resumed when it exists
 
     def outputs_exist(self) -> bool:
         return all(p.exists() for p in self.outputs)
@@ -41,7 +43,12 @@ class Stage:
         return not self.always and self.outputs_exist()
 
     def command(self) -> list[str]:
-        return [sys.executable, str(TOOLS / self.tool), *self.args]
+        """The tool's command line; a training stage gets ``--resume`` when its last
+        checkpoint exists, else ``--overwrite`` (an earlier attempt's files are replaced)."""
+        rerun = ()
+        if self.resumable is not None:
+            rerun = ("--resume",) if self.resumable.exists() else ("--overwrite",)
+        return [sys.executable, str(TOOLS / self.tool), *self.args, *rerun]
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,7 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
             (*tool_args, "--config", str(CONFIGS / config), "--data", str(data), "--out", str(out / name),
              "--no-progress", *train_args(iterations, seed), *overrides),
             (out / name / "model_final.pth",),
+            resumable=out / name / "last_checkpoint.pth",
         )
 
     def test_stage(name: str, checkpoint: Path, refine: str = "none") -> Stage:
@@ -147,7 +155,7 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
         return Stage(
             f"test {name}", "test.py",
             ("--ckpt", str(checkpoint), "--data", str(data), "--detections", str(detections), "--out", str(folder),
-             "--method", name.replace("_", "-"), "--refine", refine),
+             "--method", name.replace("_", "-"), "--refine", refine, "--overwrite"),
             (folder / "scores_bop19.json",),
         )
 
@@ -170,7 +178,7 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
     stages.append(Stage(
         "prune p to p28", "prune.py",
         ("--ckpt", str(out / p_first / "model_final.pth"), "--geo-d", "28", "--pnp-d", "16", "--out", str(pruned),
-         "--repeats", str(budget.latency_repeats)),
+         "--repeats", str(budget.latency_repeats), "--overwrite"),
         (pruned, pruned.with_suffix(".yaml")),
     ))
     stages.append(Stage(
@@ -179,6 +187,7 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
          "--out", str(out / "p28"), "--no-progress",
          *train_args(max(1, budget.student_iterations * 3 // 8), first_seed)),
         (out / "p28" / "model_final.pth",),
+        resumable=out / "p28" / "last_checkpoint.pth",
     ))
     stages += [
         train_stage(f"p_kd_seed{seed}", "p.yaml", budget.student_iterations, seed, tool="distill.py",
@@ -198,18 +207,18 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
     stages.append(Stage(
         "latency benchmark", "bench_latency.py",
         ("--configs", budget.bench_configs, "--rois", budget.bench_rois, "--repeats", str(budget.latency_repeats),
-         "--out", str(bench), f"model.input_res={budget.input_res}"),
+         "--out", str(bench), "--overwrite", f"model.input_res={budget.input_res}"),
         (bench / "latency.json",),
     ))
     stages.append(Stage(
-        "model report", "model_info.py", ("--presets", budget.presets, "--out", str(out / "model_info")),
+        "model report", "model_info.py", ("--presets", budget.presets, "--out", str(out / "model_info"), "--overwrite"),
         (out / "model_info" / "model_info.json",),
     ))
     notes = out / "budget.md"
     stages.append(Stage(
         "summary", "report.py",
         (*[str(out / name / "eval") for name in evaluated], str(bench), "--notes", str(notes),
-         "--out", str(out / "report")),
+         "--out", str(out / "report"), "--overwrite"),
         (out / "report" / "README.md",),
         always=True,
     ))

@@ -17,9 +17,11 @@ Refiners:
       surface and the back-projected sensor depth inside the predicted visible mask.
     * ``none``: the network pose.
 
-:func:`refine_poses` runs one of them on the detections of an image, checks the depth
-first (:func:`check_depth`), keeps the network pose wherever refinement is impossible or
-produces a non-finite pose, and counts all of it in a :class:`RefineStats`.
+:func:`refine_poses` runs one of them on the detections of an image. It checks the depth
+first (:func:`check_depth`: missing, wrong size, no valid pixel; :func:`check_depth_scale`:
+a depth whose unit cannot match the scene, e.g. a depth_scale off by ×10 or ×1000), keeps
+the network pose wherever refinement is impossible, produces a non-finite pose or moves it
+implausibly far (:class:`RefineLimits`), and counts all of it in a :class:`RefineStats`.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ class RefineStats:
         skipped_no_support: objects left unrefined because no pixel/point supported an
             update (no overlap of rendering, predicted mask and valid depth).
         non_finite: objects whose refinement gave a non-finite pose (input pose kept).
+        rejected_implausible: objects whose refined pose moved farther than
+            :class:`RefineLimits` allow or left the space in front of the camera (input
+            pose kept).
         seconds: refinement time of every object the refiner ran on, in s (an image's
             time divided evenly among its objects when they are refined together).
         invalid_depth_reasons: reason → number of images.
@@ -97,13 +102,14 @@ class RefineStats:
     skipped_invalid_depth: int = 0
     skipped_no_support: int = 0
     non_finite: int = 0
+    rejected_implausible: int = 0
     seconds: list[float] = field(default_factory=list)
     invalid_depth_reasons: dict[str, int] = field(default_factory=dict)
 
     @property
     def skipped(self) -> int:
         """Objects that kept their input pose (the warning count)."""
-        return self.skipped_invalid_depth + self.skipped_no_support + self.non_finite
+        return self.skipped_invalid_depth + self.skipped_no_support + self.non_finite + self.rejected_implausible
 
     @property
     def mean_ms_per_object(self) -> float:
@@ -123,6 +129,8 @@ class RefineTarget:
         crop_size: side of the square crop in px (image).
         xyz_norm: (3, s, s) predicted normalized coordinates (x / extent + 0.5).
         mask_prob: (s, s) visible-mask probability in [0, 1].
+        box_size: longer side of the detected box in px (None: ``crop_size`` / 1.5, the
+            test-time crop's padding).
     """
 
     obj_id: int
@@ -132,6 +140,103 @@ class RefineTarget:
     crop_size: float
     xyz_norm: np.ndarray
     mask_prob: np.ndarray
+    box_size: float | None = None
+
+    @property
+    def box_side(self) -> float:
+        """Longer side of the detected box in px."""
+        return float(self.box_size) if self.box_size is not None else self.crop_size / TEST_CROP_PAD
+
+
+TEST_CROP_PAD = 1.5  # test-time crop side / longer box side (fastgdr.engine.inference.PAD_SCALE)
+
+
+@dataclass(frozen=True)
+class RefineLimits:
+    """What depth refinement may do to a pose before the result counts as implausible.
+
+    Attributes:
+        max_shift_diameters: a refined translation may move by at most this many object
+            diameters, or
+        max_shift_depth_fraction: this fraction of the network's depth of the object,
+            whichever allows more. GDRNPP's update corrects errors of a few cm; a depth
+            in the wrong unit moves poses by metres.
+        min_depth_mm: the refined object origin must stay at least this far in front of
+            the camera.
+        min_depth_ratio, max_depth_ratio: the image's depth is unusable when, over its
+            objects, the median of sensor depth / expected depth is outside this range
+            (see :func:`check_depth_scale`; correct depth gave 0.62–1.32 per image on the
+            synthetic test set, a depth_scale off by ×10 gives about 6–13).
+    """
+
+    max_shift_diameters: float = 1.0
+    max_shift_depth_fraction: float = 0.25
+    min_depth_mm: float = 1.0
+    min_depth_ratio: float = 0.2
+    max_depth_ratio: float = 4.0
+
+    def max_shift_mm(self, diameter_mm: float, depth_mm: float) -> float:
+        """The largest plausible translation change (mm) of an object."""
+        return max(self.max_shift_diameters * diameter_mm, self.max_shift_depth_fraction * abs(depth_mm))
+
+    def plausible(self, t_before: np.ndarray, t_after: np.ndarray, diameter_mm: float) -> bool:
+        """Whether a refinement from ``t_before`` to ``t_after`` (mm) stays within the limits."""
+        shift = float(np.linalg.norm(np.asarray(t_after, np.float64) - np.asarray(t_before, np.float64)))
+        return float(t_after[2]) >= self.min_depth_mm and shift <= self.max_shift_mm(diameter_mm, float(t_before[2]))
+
+
+def check_depth_scale(
+    depth_mm: np.ndarray,
+    K: np.ndarray,
+    targets: Sequence[RefineTarget],
+    diameters_mm: Sequence[float],
+    limits: RefineLimits = RefineLimits(),
+) -> str | None:
+    """Why the depth image's unit cannot match the scene, or None when it can.
+
+    Independently of the network's poses: an object of diameter d whose longer box side
+    is b px lies at about ``f · d / b`` mm (f: the mean focal length in px), less when its
+    widest extent is not seen (a flat object edge-on, occlusion), never much more. The
+    sensor depth of an object is the median valid depth of the central half of its box.
+    When the median over the image's objects of sensor / expected depth is outside
+    [``limits.min_depth_ratio``, ``limits.max_depth_ratio``] (a depth_scale off by ×10, ×1000
+    or ×0.001 multiplies it by 10, 1000 or 0.001), the depth is refused. Objects without valid
+    depth in their box take no part; with none left there is no verdict (None).
+
+    Args:
+        depth_mm: (H, W) sensor depth in mm, 0 = missing (sanitized).
+        K: (3, 3) intrinsics in px.
+        targets: the image's detections (``center``, ``box_side``).
+        diameters_mm: each target's object diameter in mm.
+        limits: the ratio bounds.
+
+    Returns:
+        A reason naming the ratio (rounded to a power of ten), or None.
+    """
+    focal = 0.5 * (float(K[0, 0]) + float(K[1, 1]))
+    height, width = depth_mm.shape
+    ratios = []
+    for target, diameter in zip(targets, diameters_mm):
+        side = target.box_side
+        if not (side > 0 and diameter > 0):
+            continue
+        cx, cy = (float(c) for c in target.center)
+        x0, x1 = max(int(round(cx - side / 4)), 0), min(int(round(cx + side / 4)) + 1, width)
+        y0, y1 = max(int(round(cy - side / 4)), 0), min(int(round(cy + side / 4)) + 1, height)
+        window = depth_mm[y0:y1, x0:x1]
+        valid = window[window > 0]
+        if valid.size:
+            ratios.append(float(np.median(valid)) / (focal * diameter / side))
+    if not ratios:
+        return None
+    ratio = float(np.median(ratios))
+    if limits.min_depth_ratio <= ratio <= limits.max_depth_ratio:
+        return None
+    magnitude = 10.0 ** round(math.log10(ratio))
+    return (
+        f"depth unit does not match the scene: the sensor depth is ~{magnitude:g}× what the boxes and object sizes "
+        "imply (wrong depth_scale or unit?)"
+    )
 
 
 @dataclass
@@ -688,15 +793,18 @@ def refine_poses(
     renderer: Renderer | None,
     stats: RefineStats,
     device: torch.device | str = "cpu",
+    limits: RefineLimits = RefineLimits(),
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Refined (R, t mm) of every target of one image; the input pose wherever it fails.
 
     ``"none"`` returns the input poses and leaves ``stats`` alone. Otherwise the depth is
-    checked (:func:`check_depth`): when unusable every target keeps its pose and counts
-    as ``skipped_invalid_depth``. Targets the refiner finds no support for count as
-    ``skipped_no_support``, non-finite or non-rotation results as ``non_finite`` (input
-    pose kept), the rest as ``refined``. The refiner's wall time (CUDA synchronized) is
-    split evenly over the targets into ``stats.seconds``.
+    checked (:func:`check_depth`, then :func:`check_depth_scale` against the scene): when
+    unusable every target keeps its pose and counts as ``skipped_invalid_depth``, the
+    reason in ``stats.invalid_depth_reasons``. Targets the refiner finds no support for
+    count as ``skipped_no_support``, non-finite or non-rotation results as ``non_finite``,
+    results that move the object farther than ``limits`` allow (or behind the camera) as
+    ``rejected_implausible`` (input pose kept), the rest as ``refined``. The refiner's
+    wall time (CUDA synchronized) is split evenly over the targets into ``stats.seconds``.
 
     Args:
         method: a name in :data:`REFINERS` ("none", "fast", "icp").
@@ -708,6 +816,7 @@ def refine_poses(
         renderer: renderer with the object meshes (mm); needed unless ``method`` is "none".
         stats: counters to update.
         device: where batched refiners (ICP) run.
+        limits: what counts as an implausible depth or update.
 
     Raises:
         UnknownNameError: for an unknown method.
@@ -720,11 +829,14 @@ def refine_poses(
     if renderer is None:
         raise ValueError(f"depth refinement {method!r} needs a renderer with the object meshes")
     reason = check_depth(depth_mm, image_hw, depth_scale)
+    diameters = [2.0 * renderer.bounding_radius(tg.obj_id) for tg in targets]
+    depth = sanitize_depth(depth_mm) if reason is None else None
+    if reason is None:
+        reason = check_depth_scale(depth, K, targets, diameters, limits)
     if reason is not None:
         stats.skipped_invalid_depth += len(targets)
         stats.invalid_depth_reasons[reason] = stats.invalid_depth_reasons.get(reason, 0) + 1
         return inputs
-    depth = sanitize_depth(depth_mm)
     synchronize = torch.cuda.is_available() and torch.device(device).type == "cuda"
     if synchronize:
         torch.cuda.synchronize()
@@ -735,12 +847,15 @@ def refine_poses(
     elapsed = time.perf_counter() - start
     stats.seconds += [elapsed / len(targets)] * len(targets)
     poses = []
-    for (R, t), outcome in zip(inputs, outcomes):
+    for (R, t), outcome, diameter in zip(inputs, outcomes, diameters):
         if not outcome.supported:
             stats.skipped_no_support += 1
             poses.append((R, t))
         elif not _is_valid_pose(outcome.R, outcome.t):
             stats.non_finite += 1
+            poses.append((R, t))
+        elif not limits.plausible(t, np.asarray(outcome.t, np.float64).reshape(3), diameter):
+            stats.rejected_implausible += 1
             poses.append((R, t))
         else:
             stats.refined += 1

@@ -103,7 +103,7 @@ def _check_scores_source(path: Path, scores: dict, results_csv: Path | None) -> 
     source, digest = scores.pop(RESULTS_FILE_KEY, None), scores.pop(RESULTS_SHA256_KEY, None)
     if source is None or digest is None or results_csv is None:
         return
-    rerun = f"rescore it: python tools/eval_bop.py --results {results_csv} --data DATASET --out {path}"
+    rerun = f"rescore it: python tools/eval_bop.py --results {results_csv} --data DATASET --out {path} --overwrite"
     if source != results_csv.name:
         raise FastGDRError(
             f"{path / 'scores_bop19.json'}: the scores are those of {source}, not of the run's results file "
@@ -359,6 +359,7 @@ INTRO = (
 
 
 BOP_CSV_DIR = "bop_results"
+REPORT_FILES = ("README.md", PLOT_FILE, BOP_CSV_DIR)  # what build_report writes into its folder
 
 
 def copy_results_csvs(runs: Sequence[RunSummary], folder: Path) -> list[str]:

@@ -4,6 +4,7 @@ The YCB-V key/shape list in fixtures/ was written from the reference description
 official checkpoint, independently of fastgdr's model code.
 """
 
+import os
 import subprocess
 import sys
 
@@ -15,10 +16,11 @@ from fastgdr.checkpoint import (
     extract_state_dict,
     fold_duplicate_group_norms,
     load_weights,
+    read_checkpoint,
     save_checkpoint,
 )
 from fastgdr.config import load_config
-from fastgdr.errors import CheckpointError
+from fastgdr.errors import CheckpointError, OutputError
 from fastgdr.models import GDRNPoseNet
 
 from conftest import FIXTURES, REPO
@@ -158,3 +160,70 @@ def test_model_info_tool_exits_nonzero_on_mismatch(tmp_path, tiny_model_config):
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "all keys and shapes match" in result.stdout
+
+
+class _Pickled:
+    """A class instance in a checkpoint: unpickling it would run code."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_unreadable_files_get_a_reason_and_never_the_advice_to_run_code(tmp_path, capsys):
+    cases = {"empty.pth": b"", "random.pth": os.urandom(4096), "text.pth": b"not a checkpoint"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    good = tmp_path / "good.pth"
+    torch.save({"model": {"w": torch.ones(3)}}, good)
+    (tmp_path / "truncated.pth").write_bytes(good.read_bytes()[:200])
+    torch.save({"model": _Pickled()}, tmp_path / "code.pth")
+    expected = {
+        "empty.pth": "the file is empty (0 bytes",
+        "random.pth": "not a PyTorch checkpoint (4096 bytes",
+        "text.pth": "not a PyTorch checkpoint",
+        "truncated.pth": "truncated or corrupt",
+        "code.pth": "never runs code from a checkpoint",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(CheckpointError) as err:
+            read_checkpoint(tmp_path / name)
+        message = str(err.value)
+        assert reason in message, message
+        assert "weights_only" not in message and "arbitrary code" not in message
+        assert not message.rstrip().endswith(":")  # never a blank reason
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def test_checkpoint_permissions_follow_the_umask(tmp_path, tiny_model_config):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "model.pth", GDRNPoseNet.from_config(tiny_model_config))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # tempfile would give 0600
+
+
+def test_a_failing_save_keeps_the_previous_checkpoint_and_says_why(tmp_path, tiny_model_config, monkeypatch):
+    model = GDRNPoseNet.from_config(tiny_model_config)
+    path = save_checkpoint(tmp_path / "last_checkpoint.pth", model, iteration=1)
+    before = path.read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half an archive")
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OutputError, match=r"cannot write checkpoint .*last_checkpoint.pth: the write failed \(is the "
+                                          r"disk full\?\); .*"
+                                          r"MiB free on that disk; the previous last_checkpoint.pth is unchanged"):
+        save_checkpoint(path, model, iteration=2)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last_checkpoint.pth"]
+
+
+def test_non_finite_weights_are_refused(tmp_path, tiny_model_config):
+    model = GDRNPoseNet.from_config(tiny_model_config)
+    state = model.state_dict()
+    state["pnp_net.fc_t.bias"] = torch.full_like(state["pnp_net.fc_t.bias"], float("nan"))
+    with pytest.raises(CheckpointError, match=r"1 tensor\(s\) hold NaN or infinite values \(pnp_net.fc_t.bias\)"):
+        load_weights(GDRNPoseNet.from_config(tiny_model_config), {"model": state})

@@ -148,11 +148,9 @@ def test_unknown_recipe_lists_the_valid_ones():
 
 
 @pytest.mark.parametrize("override", [
-    "train.lr=.inf", "train.lr=.nan", "train.lr=-1", "train.lr=0", "train.weight_decay=.nan",
-    "train.clip_grad_norm=0", "train.time_budget_minutes=-2", "train.snapshots=[0.5,1.5]",
-    "train.loss_weights.rot=-1",
+    "train.clip_grad_norm=0", "train.time_budget_minutes=-2", "train.snapshots=[0.5,1.5]", "train.loss_weights.rot=-1",
 ])
-def test_invalid_optimisation_settings_are_refused(override):
+def test_invalid_schedule_settings_are_refused(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[-1]):
         load_config(None, [override])
 
@@ -161,3 +159,24 @@ def test_invalid_optimisation_settings_are_refused(override):
 def test_learning_rate_scaling_rules(rule, expected):
     cfg = load_config(None, ["train.lr=1e-3", "train.lr_reference_batch=32", "train.batch_size=16", f"train.lr_scaling={rule}"])
     assert cfg.train.scaled_lr == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("override", ["train.lr=.inf", "train.lr=.nan", "train.lr=nan", "train.weight_decay=.nan",
+                                      "kd.feature.adapter_lr=.inf", "kd.ot.weight=.nan", "data.visib_threshold=.nan"])
+def test_non_finite_numbers_are_refused(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"'{key}' must be a finite number"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override", ["train.lr=-1", "train.lr=0", "train.weight_decay=-0.1"])
+def test_invalid_optimiser_settings_are_refused(override):
+    with pytest.raises(ConfigError, match="invalid 'train'"):
+        load_config(None, [override])
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 0.001\n  batch_size: 4\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml: key 'lr' appears twice in one section \(lines 2 and 4\)"):
+        load_config(path)
+    assert load_config(write(tmp_path, "train:\n  lr: 0.001\nmodel:\n  input_res: 128\n")).train.lr == 0.001

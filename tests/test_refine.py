@@ -31,10 +31,12 @@ from fastgdr.geometry import (
 from fastgdr.models import GDRNPoseNet
 from fastgdr.refine import (
     REFINERS,
+    RefineLimits,
     RefineOutcome,
     RefineStats,
     RefineTarget,
     check_depth,
+    check_depth_scale,
     depth_points_and_normals,
     fast_refine,
     icp_refine,
@@ -337,3 +339,63 @@ def test_tool_refine_fast_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path):
     images = summary["images"]
     network_and_refine = images * (summary["mean_network_seconds_per_image"] + summary["mean_refine_seconds_per_image"])
     assert estimates[0].time == pytest.approx(network_and_refine + 0.012, rel=1e-2, abs=1e-3)
+
+
+def scene_targets(scene, perturbed=True):
+    renderer, poses, depth, masks, extents = scene
+    return [
+        RefineTarget(k, *(perturb(*poses[k]) if perturbed else poses[k]),
+                     *perfect_roi(renderer, k, *poses[k], masks[k], extents[k]))
+        for k in (DUCK, BRACKET)
+    ]
+
+
+@pytest.mark.parametrize("method", ["fast", "icp"])
+@pytest.mark.parametrize("factor", [10.0, 1000.0, 0.001, 1e30])
+def test_depth_in_the_wrong_unit_leaves_the_poses_and_is_reported(scene, method, factor):
+    """A depth_scale off by ×10, ×1000, ×0.001 or 1e30 is detected from the scene, not trusted."""
+    renderer, _, depth, _, _ = scene
+    targets = scene_targets(scene)
+    stats = RefineStats()
+    out = refine_poses(method, targets, depth * np.float32(factor), 0.1 * factor, K, (H, W), renderer, stats)
+    for (R, t), tg in zip(out, targets):
+        assert R is tg.R and t is tg.t
+    assert stats.refined == 0 and stats.skipped_invalid_depth == 2 == stats.skipped
+    (reason,) = stats.invalid_depth_reasons
+    assert "depth unit does not match the scene" in reason and f"~{10.0 ** round(np.log10(factor)):g}×" in reason
+    good = RefineStats()  # the same poses are refined with the depth in mm
+    refine_poses(method, targets, depth, 0.1, K, (H, W), renderer, good)
+    assert good.refined == 2
+
+
+def test_check_depth_scale_accepts_the_true_unit(scene):
+    renderer, _, depth, _, _ = scene
+    targets = scene_targets(scene)
+    diameters = [2 * renderer.bounding_radius(tg.obj_id) for tg in targets]
+    assert check_depth_scale(depth, K, targets, diameters) is None
+    assert check_depth_scale(depth * 10, K, targets, diameters) is not None
+    assert check_depth_scale(np.zeros_like(depth), K, targets, diameters) is None  # no verdict without depth
+
+
+@pytest.mark.parametrize("shift, why", [((0.0, 0.0, 5000.0), "metres away"), ((0.0, 0.0, -1000.0), "behind the camera")])
+def test_implausible_updates_are_rejected_and_counted(scene, monkeypatch, shift, why):
+    renderer, _, depth, _, _ = scene
+    targets = scene_targets(scene, perturbed=False)
+    far = lambda tgs, *_: [RefineOutcome(tg.R, tg.t + np.array(shift), True) for tg in tgs]
+    monkeypatch.setitem(REFINERS._entries, "fast", far)
+    stats = RefineStats()
+    out = refine_poses("fast", targets, depth, 0.1, K, (H, W), renderer, stats)
+    assert [t for _, t in out] == [tg.t for tg in targets], why
+    assert stats.rejected_implausible == 2 == stats.skipped and stats.refined == 0
+    small = lambda tgs, *_: [RefineOutcome(tg.R, tg.t + np.array([0.0, 0.0, 30.0]), True) for tg in tgs]
+    monkeypatch.setitem(REFINERS._entries, "fast", small)
+    refine_poses("fast", targets, depth, 0.1, K, (H, W), renderer, stats)
+    assert stats.refined == 2  # a 30 mm correction is what refinement is for
+
+
+def test_refine_limits_bound_the_shift_by_diameter_or_depth():
+    limits = RefineLimits()
+    assert limits.max_shift_mm(100.0, 400.0) == 100.0 and limits.max_shift_mm(100.0, 2000.0) == 500.0
+    assert limits.plausible(np.array([0, 0, 400.0]), np.array([0, 0, 480.0]), 100.0)
+    assert not limits.plausible(np.array([0, 0, 400.0]), np.array([0, 0, 4000.0]), 100.0)
+    assert not limits.plausible(np.array([0, 0, 40.0]), np.array([0, 0, -10.0]), 100.0)

@@ -38,7 +38,8 @@ OUT/latency.json (the rows, device, threads, versions, settings, configs, target
 line per configuration built, a progress bar and a line per ROI count timed, a line per
 configuration with its network latencies, the rows, and the targets (measured ratio, target,
 met).
-Bad input (unknown config, dtype or device) exits with status 2.
+Bad input (unknown config, dtype or device) exits with status 2, and so does an OUT that
+holds the results of an earlier run (replace them with --overwrite).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ from fastgdr.benchmark import (
     DEFAULT_MODULES,
     MALLOC_ENV,
     MODULES,
+    RESULTS_CSV,
+    RESULTS_JSON,
     BenchmarkError,
     BenchSettings,
     format_rows,
@@ -65,6 +68,7 @@ from fastgdr.benchmark import (
     write_results,
 )
 from fastgdr.cli import run_tool
+from fastgdr.outputs import check_out_dir, claim_outputs
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -94,6 +98,7 @@ def parse_args() -> argparse.Namespace:
                         help=f"modules to time, of {','.join(MODULES)} (default: all but refine_icp)")
     parser.add_argument("--malloc", choices=["tuned", "default"], default="tuned", help="glibc allocator setting")
     parser.add_argument("--out", type=Path, required=True, help="output folder (latency.csv, latency.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in OUT")
     parser.add_argument("overrides", nargs="*", help="dotted overrides for every config, e.g. model.input_res=128")
     return parser.parse_args()
 
@@ -121,6 +126,7 @@ def main() -> int:
     )
     configs = load_bench_configs(split_list(args.configs, "--configs"), CONFIG_DIR, args.num_classes, args.overrides)
     resolve_device(settings.device)
+    claim_outputs([check_out_dir(args.out) / name for name in (RESULTS_CSV, RESULTS_JSON)], overwrite=args.overwrite)
     if args.malloc == "tuned" and not malloc_tuned():  # glibc reads these only at process start
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     if args.threads is not None:

@@ -21,7 +21,8 @@ the visible masks), kd.naive (per-cell L1/L2), kd.uncertainty (teacher-ensemble 
 test-time-augmentation confidence in the OT masses, and a feature term at confident cells).
 The teachers run frozen, without gradients, on the student's crops; kd.teacher_precision=
 bfloat16 makes them cheaper. Everything else is tools/train.py: the same run folder, logs
-(each kd term separately), --resume, torchrun.
+(each kd term separately), --resume, --overwrite, torchrun; a teacher or --init is never
+overwritten (an OUT that holds it is refused).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, required=True, help="BOP dataset folder")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last_checkpoint.pth")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again in an OUT that holds an earlier run (its run outputs are removed)")
     parser.add_argument("--init", type=Path, help="initialise the student from this checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. kd.ot.weight=5")
@@ -70,7 +73,7 @@ def main() -> int:
             "kd.naive.weight, kd.uncertainty.feature_weight (e.g. kd.ot.weight=5)"
         )
     result = train(replace(cfg, kd=kd), args.data, args.out, resume=args.resume, init=args.init,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, overwrite=args.overwrite)
     print(f"distilled {result.iterations} iterations; student weights: {result.final_checkpoint}")
     return 0
 

@@ -1,7 +1,7 @@
 """Score a BOP 2019 pose-results file (AR = mean of AR_VSD, AR_MSSD, AR_MSPD; plus ADD(-S)).
 
 Examples:
-  python tools/eval_bop.py --results runs/p/eval/fastgdr_synth-test.csv --data datasets/synth --out runs/p/eval
+  python tools/eval_bop.py --results runs/p/eval/fastgdr_synth-test.csv --data datasets/synth --out runs/p/eval_bop
   python tools/eval_bop.py --results gdrnpp_lmo-test.csv --data /data/bop/lmo --out eval/lmo --device cuda
   python tools/eval_bop.py --results mine_tless-test-primesense.csv --data /data/bop/tless --out eval/tless
   python tools/eval_bop.py --results mine_ycbv-test.csv --data /data/bop/ycbv --out eval/ycbv --errors mssd,mspd,ad
@@ -20,7 +20,9 @@ scene_gt.json, scene_gt_info.json and depth/ (for VSD); no rgb/, masks, models/ 
 camera.json. Writes OUT/scores_bop19.json (the BOP keys bop19_average_recall[_vsd|_mssd|_mspd],
 bop19_average_time_per_image, plus add_s_recall_0.02/0.05/0.10 and the mean rotation /
 translation error of the estimates matched at 0.10·d; the name and SHA-256 of the results
-file scored), OUT/per_object.csv and OUT/scores.md.
+file scored), OUT/per_object.csv and OUT/scores.md; scores already in OUT are replaced only
+with --overwrite. --out, --device, the dataset and the depth images VSD reads (their size
+included) are checked before the evaluation starts.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fastgdr.cli import run_tool
+from fastgdr.cli import device_option, run_tool
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import detect_card
 from fastgdr.errors import FastGDRError
-from fastgdr.eval.results import check_dataset_name, load_results, parse_result_filename
+from fastgdr.eval.results import SCORE_FILES, check_dataset_name, load_results, parse_result_filename
+from fastgdr.outputs import check_out_dir, claim_outputs
 
 DEFAULT_ERRORS = "vsd,mssd,mspd,ad"
 
@@ -51,6 +54,7 @@ def parse_args() -> argparse.Namespace:
         "--errors", default=DEFAULT_ERRORS, help=f"comma-separated error types (default: {DEFAULT_ERRORS})"
     )
     parser.add_argument("--device", default="cpu", help="torch device for the error computations (default: cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace scores of an earlier evaluation in OUT")
     parser.add_argument(
         "--strict", action="store_true",
         help="refuse results files with an R that is not a rotation, without estimates, or named for "
@@ -63,10 +67,15 @@ def main() -> int:
     args = parse_args()
     # The results file is checked before torch is imported: a bad file fails fast.
     _, _, split, split_type = parse_result_filename(args.results)
+    out = check_out_dir(args.out)
+    claim_outputs([out / name for name in SCORE_FILES], inputs={"--results": args.results},
+                  overwrite=args.overwrite)
     card = detect_card(args.data)
     check_dataset_name(args.results, args.data, card.name if card is not None else None, strict=args.strict)
     estimates = load_results(args.results, strict=args.strict)
     from fastgdr.eval.bop19 import ERROR_TYPES, evaluate, format_scores, write_scores
+
+    device = device_option(args.device)
 
     error_types = [name.strip() for name in args.errors.split(",") if name.strip()]
     unknown = [name for name in error_types if name not in ERROR_TYPES]
@@ -77,9 +86,9 @@ def main() -> int:
     # only what the evaluation reads: no colour images, masks, models/ or camera.json needed
     targets = dataset.check_evaluation(split, depth="vsd" in error_types)
     result = evaluate(
-        dataset, estimates, split=split, targets=targets, error_types=error_types, device=args.device, progress=True
+        dataset, estimates, split=split, targets=targets, error_types=error_types, device=device, progress=True
     )
-    paths = write_scores(result, args.out, results_file=args.results)
+    paths = write_scores(result, out, results_file=args.results)
     print(format_scores(result))
     print(f"scores written to {paths['scores']}")
     return 0

@@ -19,7 +19,8 @@ output and the file size are printed. The exit status is 2 if R or t differ by m
 --atol (default 1e-3: R is dimensionless, t in m, so 1 mm) or a dense output by more than
 --dense-atol (default 1e-2, raw mask values, normalized coordinates and region logits).
 fastgdr checkpoints carry their config; checkpoints without one (official GDRNPP) need
---config, and dotted overrides apply to that config only.
+--config, and dotted overrides apply to that config only. An existing OUT is replaced only
+with --overwrite, and never when it is the --ckpt read; the file is written atomically.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from fastgdr.cli import run_tool
 from fastgdr.engine.inference import load_model
 from fastgdr.export import POSE_OUTPUTS, assert_onnx_close, export_onnx, onnx_differences
+from fastgdr.outputs import check_out_file, claim_outputs
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,6 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--check-batches", type=int, nargs="+", default=[1, 3], help="ROI counts to compare with eager (default 1 3)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random check ROIs")
     parser.add_argument("--atol", type=float, default=1e-3, help="max |difference| of R and t (m) (default 1e-3)")
     parser.add_argument("--dense-atol", type=float, default=1e-2, help="max |difference| of the dense outputs (default 1e-2)")
@@ -55,6 +58,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    claim_outputs([check_out_file(args.out)], inputs={"--ckpt": args.ckpt, "--config": args.config},
+                  overwrite=args.overwrite)
     model, cfg = load_model(args.ckpt, args.config, args.overrides)
     path = export_onnx(model, args.out, cfg.model.input_res, batch=args.batch, opset=args.opset)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB, opset {args.opset}, {cfg.model.input_res} px crops)")

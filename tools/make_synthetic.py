@@ -21,6 +21,7 @@ from tqdm import tqdm
 from fastgdr.cli import run_tool
 from fastgdr.data.synthetic import SyntheticSpec, generate_dataset
 from fastgdr.errors import FastGDRError
+from fastgdr.outputs import check_out_dir
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,7 +44,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    if args.out.exists() and any(args.out.iterdir()):
+    if check_out_dir(args.out).exists() and any(args.out.iterdir()):
         if not args.overwrite:
             raise FastGDRError(f"{args.out} exists and is not empty (use --overwrite to replace it)")
         shutil.rmtree(args.out)

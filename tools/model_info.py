@@ -10,7 +10,8 @@ Examples:
 
 With --ckpt the checkpoint is loaded strictly: missing, unexpected and mis-shaped keys are
 listed and the exit status is 2. GFLOPs count convolutions and matrix products (2 per
-multiply-accumulate) for one crop of --input-res px.
+multiply-accumulate) for one crop of the config's model.input_res px (--input-res N is
+model.input_res=N). --out files of an earlier run are replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fastgdr.cli import run_tool
 from fastgdr.config import Config, load_config, save_config
 from fastgdr.errors import MissingDependencyError
 from fastgdr.models import BACKBONE_PRESETS, GDRNPoseNet
+from fastgdr.outputs import check_out_dir, claim_outputs
 from fastgdr.profiling import format_costs, model_costs
 
 
@@ -44,8 +46,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--allow-partial", action="store_true", help="with --ckpt: load what matches, report the rest"
     )
-    parser.add_argument("--input-res", type=int, default=256, help="crop size in px (default 256)")
+    parser.add_argument("--input-res", type=int,
+                        help="crop size in px, i.e. model.input_res (default: the config's; 256 for presets)")
     parser.add_argument("--out", type=Path, help="folder for model_info.json and the resolved config")
+    parser.add_argument("--overwrite", action="store_true", help="replace files of an earlier run in --out")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.num_regions=32")
     return parser.parse_args()
 
@@ -55,11 +59,12 @@ def describe(cfg: Config, args: argparse.Namespace) -> dict:
     if args.ckpt is not None:
         report = load_weights(model, args.ckpt, strict=not args.allow_partial)
         print(f"checkpoint {args.ckpt}: {report.format()}")
-    costs = model_costs(model, input_res=args.input_res)
+    res = cfg.model.input_res
+    costs = model_costs(model, input_res=res)
     print(
         f"{cfg.model.backbone.name} ({model.backbone_info.model_name}, "
         f"{model.backbone_info.channels} ch, stride {model.backbone_info.stride}), "
-        f"C={model.num_classes}, {args.input_res}x{args.input_res} crop"
+        f"C={model.num_classes}, {res}x{res} crop"
     )
     print(format_costs(costs))
     return {
@@ -67,7 +72,7 @@ def describe(cfg: Config, args: argparse.Namespace) -> dict:
         "timm_model": model.backbone_info.model_name,
         "backbone_channels": model.backbone_info.channels,
         "num_classes": model.num_classes,
-        "input_res": args.input_res,
+        "input_res": res,
         "modules": {c.name: {"params": c.params, "gflops": c.gflops} for c in costs},
     }
 
@@ -77,6 +82,8 @@ def main() -> int:
     overrides = list(args.overrides)
     if args.num_classes is not None:
         overrides.append(f"model.num_classes={args.num_classes}")
+    if args.input_res is not None:
+        overrides.append(f"model.input_res={args.input_res}")
     if args.config is not None:
         configs = {args.config.stem: load_config(args.config, overrides)}
     else:
@@ -84,6 +91,10 @@ def main() -> int:
         configs = {
             name: load_config(None, [f"model.backbone.name={name}", *overrides]) for name in names
         }
+    if args.out is not None:
+        written = ["model_info.json", *(f"config_{name}.yaml" for name in configs)]
+        claim_outputs([check_out_dir(args.out) / name for name in written],
+                      inputs={"--config": args.config, "--ckpt": args.ckpt}, overwrite=args.overwrite)
     results, skipped = [], []
     for name, cfg in configs.items():
         try:

@@ -15,7 +15,8 @@ network, so a pruned checkpoint can only be pruned further. The largest-L1 group
 with --granularity filter, filters) are kept in their original order.
 
 OUT receives the state dict, the full config with the pruned widths and a "pruning"
-record; the resolved config is written beside it (OUT with the suffix .yaml). Parameters,
+record; the resolved config is written beside it (OUT with the suffix .yaml). Existing
+files are replaced only with --overwrite, and never the --ckpt or --config read. Parameters,
 GFLOPs and CPU latency (batch 1, median of --repeats runs after warm-up, inference mode,
 before and after timed interleaved) of the head, Patch-PnP and the whole network are
 printed before and after.
@@ -33,6 +34,7 @@ from fastgdr.checkpoint import read_checkpoint
 from fastgdr.cli import run_tool
 from fastgdr.config import save_config
 from fastgdr.engine.inference import load_model
+from fastgdr.outputs import check_out_file, claim_outputs
 from fastgdr.pruning import (
     GRANULARITY,
     PRUNING_IMPORTANCE,
@@ -60,6 +62,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--importance", choices=PRUNING_IMPORTANCE.names(), default="l1", help="filter importance")
     parser.add_argument("--config", type=Path, help="config for a checkpoint without an embedded one (GDRNPP's)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per latency (default 10)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT and its .yaml")
     parser.add_argument("--threads", type=int, help="CPU threads for the timing (default: torch's; 1 is steadiest on a busy machine)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of --config, e.g. model.num_classes=21")
     return parser.parse_args()
@@ -67,6 +70,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    config_out = check_out_file(args.out).with_suffix(".yaml")
+    claim_outputs([args.out, config_out], inputs={"--ckpt": args.ckpt, "--config": args.config},
+                  overwrite=args.overwrite)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model, cfg = load_model(args.ckpt, args.config, args.overrides)
@@ -75,7 +81,7 @@ def main() -> int:
     pruned, pruned_model_cfg = apply_pruning(model, cfg.model, plan)
     pruned_cfg = replace(cfg, model=pruned_model_cfg)
     save_pruned(args.out, pruned, pruned_cfg, args.ckpt, plan)
-    config_path = save_config(pruned_cfg, args.out.with_suffix(".yaml"))
+    config_path = save_config(pruned_cfg, config_out)
 
     print(f"{args.ckpt}: geo_d={args.geo_d} pnp_d={args.pnp_d} granularity={args.granularity} "
           f"prune_fc={args.prune_fc} importance={args.importance}")

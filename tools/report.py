@@ -12,7 +12,8 @@ than the run's CSV, or a CSV changed since it was scored (scores_bop19.json reco
 and SHA-256), are stale and refused with the command that rescores them.
 Writes OUT/README.md (the table, the plot, the benchmark's speed targets),
 OUT/speed_accuracy.png (AR over latency, one labelled point per run, the Pareto front drawn)
-and OUT/bop_results/ (a copy of every run's BOP results CSV).
+and OUT/bop_results/ (a copy of every run's BOP results CSV); an earlier report in OUT is
+replaced only with --overwrite.
 Runs named NAME_seedK (e.g. runs/p_seed0, runs/p_seed1) are also summarized per NAME:
 mean and min-max over the seeds.
 
@@ -32,7 +33,8 @@ from pathlib import Path
 from fastgdr.benchmark import RESULTS_JSON, read_results
 from fastgdr.cli import run_tool
 from fastgdr.errors import FastGDRError
-from fastgdr.report import build_report, read_eval_dir
+from fastgdr.outputs import check_out_dir, claim_outputs, remove_outputs
+from fastgdr.report import REPORT_FILES, build_report, read_eval_dir
 
 
 def is_benchmark(path: Path) -> bool:
@@ -49,7 +51,10 @@ def main() -> int:
     parser.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch", help="latency rows to join")
     parser.add_argument("--latency", choices=["auto", "bench", "eval"], default="auto", help="x axis of the plot")
     parser.add_argument("--notes", type=Path, help="markdown file shown under the title (budgets, seeds, ...)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in OUT")
     args = parser.parse_args()
+    existing = claim_outputs([check_out_dir(args.out) / name for name in REPORT_FILES],
+                             inputs={"--notes": args.notes}, overwrite=args.overwrite)
     notes = None
     if args.notes is not None:
         if not args.notes.is_file():
@@ -57,6 +62,7 @@ def main() -> int:
         notes = args.notes.read_text().strip()
     benches = [(str(path), read_results(path)) for path in args.inputs if is_benchmark(path)]
     runs = [read_eval_dir(path) for path in args.inputs if not is_benchmark(path)]
+    remove_outputs(existing)  # --overwrite: no copies of earlier runs' CSVs stay behind
     report = build_report(runs, benches, args.out, args.rois, args.runtime, args.latency, notes)
     print(report.table)
     print(f"wrote {report.readme}" + (f" and {report.plot}" if report.plot else ""))

@@ -19,6 +19,12 @@ the depth images (GDRNPP's translation-only "fast" update, or 6-DoF point-to-pla
 and renders the meshes of DATA/models/; images without usable depth keep their poses.
 Detections: the BOP list format (official default detections) or GDRNPP's dict format;
 the top-k per object of each image are kept (the dataset card's k, or --topk).
+Detections of images the run does not process, of unknown objects, with a NaN score or
+below the threshold are dropped and counted (printed and in inference.json); none left
+is an error. Everything is checked before inference (the dataset, the depth images the
+evaluation reads, the detections, --device, the outputs); the results file grows image by
+image as METHOD_DATASET-SPLIT.csv.partial and takes its name when inference is done.
+Results already in OUT are replaced only with --overwrite.
 ConvNeXt blocks run fused for inference (fastgdr.models.fusion: the same poses, faster);
 --no-fuse runs timm's blocks as they are.
 """
@@ -33,14 +39,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fastgdr.cli import run_tool
+from fastgdr.cli import device_option, run_tool
 from fastgdr.config import save_config
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import DATASET_CARDS, detect_card
 from fastgdr.data.detections import load_detections
-from fastgdr.engine.inference import DECODERS, build_predictor, infer_dataset, load_model
+from fastgdr.engine.inference import DECODERS, build_predictor, infer_dataset, load_model, usable_detections
 from fastgdr.errors import FastGDRError
+from fastgdr.eval.results import ResultsWriter
 from fastgdr.models.fusion import fuse_for_inference
+from fastgdr.outputs import atomic_write_text, check_name_part, check_out_dir, claim_outputs, remove_outputs
 from fastgdr.refine import REFINERS
 
 
@@ -65,8 +73,10 @@ def parse_args() -> argparse.Namespace:
                              "Patch-PnP's translation")
     parser.add_argument("--refine", default="none", choices=REFINERS.names(),
                         help="depth refinement of the poses (default: none)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:<index> (default: cuda when there is one)")
     parser.add_argument("--no-eval", action="store_true", help="only write the results file")
+    parser.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in OUT")
     parser.add_argument("--no-fuse", action="store_true",
                         help="run timm's ConvNeXt blocks as they are (default: fused for inference, same poses, faster)")
     parser.add_argument("--config", type=Path, help="config for checkpoints without one (official GDRNPP)")
@@ -87,32 +97,43 @@ def main() -> int:
     args = parse_args()
     if "_" in args.method:
         raise FastGDRError(f"--method {args.method!r} must not contain '_' (BOP splits file names on it)")
-    model, cfg = load_model(args.ckpt, args.config, args.overrides)
-    fused_blocks = 0 if args.no_fuse else fuse_for_inference(model)
+    check_name_part(args.method, "--method")
+    check_name_part(args.split, "--split")
+    device = device_option(args.device)
     card = DATASET_CARDS.get(args.dataset) if args.dataset else detect_card(args.data)
     dataset = BopDataset(args.data, card)
-    dataset.check([args.split], require_gt=False)
+    has_gt = (dataset.split_dir(args.split) / f"{dataset.scene_ids(args.split)[0]:06d}" / "scene_gt.json").exists() \
+        if dataset.scene_ids(args.split) else False
+    evaluating = not args.no_eval and has_gt
+    dataset_name = (card.name if card else args.data.resolve().name).replace("_", "").replace("-", "")
+    # BOP file names: METHOD_DATASET-SPLIT[-SPLITTYPE]; "test_primesense" is split + split type
+    csv_path = check_out_dir(args.out) / f"{args.method}_{dataset_name}-{args.split.replace('_', '-')}.csv"
+    outputs = [csv_path, csv_path.with_name(csv_path.name + ".partial"), args.out / "config.yaml",
+               args.out / "inference.json"]
     detections_path = args.detections or find_detections(args.data, args.split)
+    claim_outputs(outputs, inputs={"--ckpt": args.ckpt, "--detections": detections_path, "--config": args.config},
+                  overwrite=args.overwrite)
+    dataset.check([args.split], require_gt=False, depth=evaluating)  # depth: read by VSD
     detections = load_detections(detections_path)
     top_k = args.topk if args.topk is not None else (card.det_topk_per_obj if card else None)
     threshold = args.score_threshold if args.score_threshold is not None else (card.det_score_threshold if card else 0.0)
-    predictor = build_predictor(model, cfg, dataset, args.decoder, args.refine, args.device)
-    estimates, stats = infer_dataset(
-        predictor, dataset, args.split, detections, top_k, threshold,
-        progress=lambda keys: tqdm(keys, desc="images", unit="img"),
-    )
+    _, detection_report = usable_detections(detections, dataset, args.split, dataset.obj_ids, threshold,
+                                             source=str(detections_path))
+    print(detection_report.describe())
 
-    from fastgdr.eval.results import save_results
-
+    model, cfg = load_model(args.ckpt, args.config, args.overrides)
+    fused_blocks = 0 if args.no_fuse else fuse_for_inference(model)
+    predictor = build_predictor(model, cfg, dataset, args.decoder, args.refine, device)
     from fastgdr.eval.bop19 import remove_scores
 
-    dataset_name = (card.name if card else args.data.resolve().name).replace("_", "").replace("-", "")
-    args.out.mkdir(parents=True, exist_ok=True)
+    remove_outputs(p for p in outputs if p.exists())  # --overwrite
     for path in remove_scores(args.out):  # scores of a previous run: never left beside the new CSV
         print(f"removed the previous run's {path}")
-    # BOP file names: METHOD_DATASET-SPLIT[-SPLITTYPE]; "test_primesense" is split + split type
-    csv_path = args.out / f"{args.method}_{dataset_name}-{args.split.replace('_', '-')}.csv"
-    save_results(csv_path, estimates)
+    with ResultsWriter(csv_path) as writer:
+        estimates, stats = infer_dataset(
+            predictor, dataset, args.split, detections, top_k, threshold,
+            progress=lambda keys: tqdm(keys, desc="images", unit="img"), on_image=writer.write,
+        )
     save_config(cfg, args.out / "config.yaml")
     summary = {
         "checkpoint": str(args.ckpt), "detections": str(detections_path), "images": stats.images,
@@ -120,6 +141,7 @@ def main() -> int:
         "mean_network_seconds_per_image": stats.mean_seconds,
         "median_network_seconds_per_image": float(np.median(stats.network_seconds)) if stats.network_seconds else 0.0,
         "refine": args.refine, "results_csv": csv_path.name,
+        "detections_used": stats.detections.matched, "detections_dropped": stats.detections.dropped,
     }
     if stats.refine is not None:
         refine = stats.refine
@@ -129,25 +151,27 @@ def main() -> int:
             "refine_counts": {
                 "refined": refine.refined, "skipped_invalid_depth": refine.skipped_invalid_depth,
                 "skipped_no_support": refine.skipped_no_support, "non_finite": refine.non_finite,
+                "rejected_implausible": refine.rejected_implausible,
             },
             "refine_invalid_depth_reasons": refine.invalid_depth_reasons,
             "mean_refine_seconds_per_image": float(np.mean(stats.refine_seconds)) if stats.refine_seconds else 0.0,
         })
-    (args.out / "inference.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(args.out / "inference.json", json.dumps(summary, indent=2))
     print(f"wrote {stats.estimates} estimates for {stats.images} images to {csv_path} "
           f"({summary['mean_network_seconds_per_image'] * 1000:.1f} ms network time per image)")
     if stats.refine is not None:
         refine = stats.refine
         print(f"depth refinement '{args.refine}': {refine.refined} refined, {refine.mean_ms_per_object:.1f} ms per object; "
               f"{refine.skipped} warnings (kept the network pose: {refine.skipped_invalid_depth} invalid depth, "
-              f"{refine.skipped_no_support} no support, {refine.non_finite} non-finite)")
+              f"{refine.skipped_no_support} no support, {refine.non_finite} non-finite, "
+              f"{refine.rejected_implausible} implausible updates)")
         for reason, images in refine.invalid_depth_reasons.items():
             print(f"  depth unusable in {images} images: {reason}")
 
-    if not args.no_eval and (dataset.split_dir(args.split) / f"{dataset.scene_ids(args.split)[0]:06d}" / "scene_gt.json").exists():
+    if evaluating:
         from fastgdr.eval.bop19 import evaluate, write_scores
 
-        result = evaluate(dataset, estimates, split=args.split, device=args.device, progress=True)
+        result = evaluate(dataset, estimates, split=args.split, device=device, progress=True)
         write_scores(result, args.out, results_file=csv_path)
         scores = result.scores
         print(

@@ -47,6 +47,24 @@ _DEPTH_EXTENSIONS = (".png", ".tif")
 T = TypeVar("T")
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_file_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of an image file, or None when it cannot be read: from the header
+    of a PNG (without decoding it), else by decoding the file with OpenCV."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return None if image is None else (int(image.shape[1]), int(image.shape[0]))
+
+
 # ------------------------------------------------------------------------------------
 # Data records
 # ------------------------------------------------------------------------------------
@@ -732,7 +750,9 @@ class BopDataset:
         models_info.json entry and a .ply for every target object; the targets file; per
         target scene, scene_camera.json, scene_gt.json and scene_gt_info.json parse and
         agree, and list every target image; with ``depth`` (VSD), a depth image per target
-        image. Colour images, masks, the models folder and camera.json are not needed.
+        image, all of the image size (from the PNG headers; the size of the card or camera
+        file, else that of the first depth image). Colour images, masks, the models folder
+        and camera.json are not needed.
 
         Args:
             split: split folder of the targets' scenes, e.g. ``"test"``.
@@ -767,6 +787,7 @@ class BopDataset:
         images: dict[int, set[int]] = {}
         for target in targets:
             images.setdefault(target.scene_id, set()).add(target.im_id)
+        expected = self.image_size if self.card is not None or self.camera_path.is_file() else None
         scene_ids = set(self.scene_ids(split))
         for scene_id, im_ids in sorted(images.items()):
             directory = self.scene_dir(split, scene_id)
@@ -784,11 +805,14 @@ class BopDataset:
                 )
             listing = _listing(directory / "depth")
             for im_id in sorted(im_ids) if depth else ():
-                if not any(f"{im_id:06d}{ext}" in listing for ext in _DEPTH_EXTENSIONS):
+                found = [f"{im_id:06d}{ext}" for ext in _DEPTH_EXTENSIONS if f"{im_id:06d}{ext}" in listing]
+                if not found:
                     raise DatasetError(
                         f"{directory / 'depth'}: image {im_id}: no depth file {im_id:06d}.png or "
                         f"{im_id:06d}.tif (VSD needs the test depth of every target image)"
                     )
+                # the image size of the card or camera file, else that of the first depth image
+                expected = self._check_depth_size(directory / "depth" / found[0], expected, first_sets=True)
         return targets
 
     def check(
@@ -805,14 +829,16 @@ class BopDataset:
         in it and that every listed model .ply exists; the camera file when the image size
         comes from it; per scene, that the three JSON files parse, are well-formed and
         agree on image ids, that every GT object id is in models_info, and that every
-        image file exists (and depth files with ``depth``, ``mask/`` and ``mask_visib/``
-        files with ``masks``); and ``test_targets_bop19.json``, when present and the test
-        split is checked, refers to existing images and known objects.
+        image file exists (and, with ``depth``, depth files of the image size — read from
+        PNG headers; ``mask/`` and ``mask_visib/`` files with ``masks``); and
+        ``test_targets_bop19.json``, when present and the test split is checked, refers to
+        existing images and known objects.
 
         Args:
             splits: split folders, e.g. ``["test"]`` or ``["train_pbr"]``.
             require_gt: whether scene_gt.json must exist (False for withheld test GT).
-            depth: also require a depth file per image.
+            depth: also require a depth file per image, of the dataset's image size
+                (read from its header).
             masks: also require both mask files per GT instance.
 
         Raises:
@@ -876,10 +902,13 @@ class BopDataset:
             name = f"{im_id:06d}"
             if not any(name + ext in listings[sub] for sub, ext in self._layouts()):
                 raise self._missing_image(directory, im_id)
-            if depth and not any(name + ext in listings["depth"] for ext in _DEPTH_EXTENSIONS):
-                raise DatasetError(
-                    f"{directory / 'depth'}: image {im_id}: no depth file {name}.png or {name}.tif"
-                )
+            if depth:
+                found = [name + ext for ext in _DEPTH_EXTENSIONS if name + ext in listings["depth"]]
+                if not found:
+                    raise DatasetError(
+                        f"{directory / 'depth'}: image {im_id}: no depth file {name}.png or {name}.tif"
+                    )
+                self._check_depth_size(directory / "depth" / found[0])
             if masks and scene.gt is not None:
                 for gt_index in range(len(scene.gt[im_id])):
                     for sub in ("mask", "mask_visib"):
@@ -889,6 +918,22 @@ class BopDataset:
                                 f"{directory / sub / mask_name}: file not found "
                                 f"(mask of image {im_id}, entry {gt_index})"
                             )
+
+    def _check_depth_size(
+        self, path: Path, expected: tuple[int, int] | None = None, first_sets: bool = False
+    ) -> tuple[int, int]:
+        """The depth image (its size read from the file's header) has ``expected`` (width,
+        height); None expects the dataset's image size or, with ``first_sets``, accepts the
+        size of this first image. Returns its size."""
+        size = image_file_size(path)
+        if size is None:
+            raise DatasetError(f"{path}: cannot be read as an image")
+        if expected is None and first_sets:
+            return size
+        width, height = expected if expected is not None else self.image_size
+        if size != (width, height):
+            raise DatasetError(f"{path}: depth image is {size[0]}×{size[1]} px, expected {width}×{height}")
+        return size
 
     def _check_targets(
         self, split: str, image_ids: dict[int, set[int]], known_ids: set[int]

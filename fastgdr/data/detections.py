@@ -9,15 +9,22 @@ Two formats are read:
   "score", "time"?}, …], …}``.
 
 Boxes are amodal, in px, (x, y) the top-left corner.
+
+Reading refuses (with the file, entry and field) anything that cannot be a detection: a
+missing field, a non-number, a NaN or infinite box or time, a box without area. What a
+run cannot use is dropped by :func:`match_detections` and counted in a
+:class:`DetectionReport`: detections of images the run does not process, of objects the
+dataset does not have, with a NaN or infinite score, or below the score threshold.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Iterable, Mapping
 
 from fastgdr.errors import DatasetError
 
@@ -64,6 +71,103 @@ def load_detections(path: str | Path) -> dict[ImageKey, list[Detection]]:
     return dict(grouped)
 
 
+@dataclass
+class DetectionReport:
+    """How the detections of a file matched a run (counts of detections).
+
+    Attributes:
+        total: detections in the file.
+        matched: detections kept: of an image the run processes, of a known object, with
+            a finite score at or above the threshold.
+        other_images: detections of images the run does not process (not in the split or
+            not a test target); ``other_image_examples`` names a few of those images.
+        unknown_objects: detections whose object id the dataset does not have
+            (``unknown_object_ids``).
+        non_finite_scores: detections whose score is NaN or infinite.
+        below_threshold: detections with a score below the threshold.
+    """
+
+    total: int = 0
+    matched: int = 0
+    other_images: int = 0
+    unknown_objects: int = 0
+    non_finite_scores: int = 0
+    below_threshold: int = 0
+    other_image_examples: list[ImageKey] = field(default_factory=list)
+    unknown_object_ids: list[int] = field(default_factory=list)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Reason → count of the dropped detections (reasons with a count only)."""
+        counts = {
+            "of images the run does not process": self.other_images,
+            "of unknown objects": self.unknown_objects,
+            "with a NaN or infinite score": self.non_finite_scores,
+            "below the score threshold": self.below_threshold,
+        }
+        return {reason: count for reason, count in counts.items() if count}
+
+    def describe(self) -> str:
+        """One line: what was kept and what was dropped, and why."""
+        dropped = self.dropped
+        if not dropped:
+            return f"{self.matched} of {self.total} detections used"
+        parts = []
+        for reason, count in dropped.items():
+            detail = ""
+            if reason.startswith("of images") and self.other_image_examples:
+                detail = " (e.g. " + ", ".join(f"scene {s} image {i}" for s, i in self.other_image_examples) + ")"
+            elif reason.startswith("of unknown") and self.unknown_object_ids:
+                detail = f" (obj_id {', '.join(map(str, self.unknown_object_ids))})"
+            parts.append(f"{count} {reason}{detail}")
+        return f"{self.matched} of {self.total} detections used; dropped: " + "; ".join(parts)
+
+
+MAX_EXAMPLES = 3
+
+
+def match_detections(
+    detections: Mapping[ImageKey, Iterable[Detection]],
+    images: Collection[ImageKey],
+    obj_ids: Collection[int],
+    score_threshold: float = 0.0,
+) -> tuple[dict[ImageKey, list[Detection]], DetectionReport]:
+    """The detections a run over ``images`` can use, grouped by image, and a report of
+    the others (see :class:`DetectionReport`).
+
+    Args:
+        detections: from :func:`load_detections`.
+        images: (scene_id, im_id) of the images the run processes.
+        obj_ids: the dataset's object ids.
+        score_threshold: detections below it are dropped (and counted).
+    """
+    images, obj_ids = set(images), set(obj_ids)
+    report = DetectionReport()
+    kept: dict[ImageKey, list[Detection]] = {}
+    unknown_ids: set[int] = set()
+    for key in sorted(detections):
+        dets = list(detections[key])
+        report.total += len(dets)
+        if key not in images:
+            report.other_images += len(dets)
+            if len(report.other_image_examples) < MAX_EXAMPLES:
+                report.other_image_examples.append(key)
+            continue
+        for det in dets:
+            if det.obj_id not in obj_ids:
+                report.unknown_objects += 1
+                unknown_ids.add(det.obj_id)
+            elif not math.isfinite(det.score):
+                report.non_finite_scores += 1
+            elif det.score < score_threshold:
+                report.below_threshold += 1
+            else:
+                kept.setdefault(key, []).append(det)
+                report.matched += 1
+    report.unknown_object_ids = sorted(unknown_ids)
+    return kept, report
+
+
 def select_detections(
     detections: list[Detection], top_k_per_object: int | None, score_threshold: float = 0.0
 ) -> list[Detection]:
@@ -95,10 +199,18 @@ def _field(entry: Any, name: str, where: str, path: Path) -> Any:
     return entry[name]
 
 
-def _number(value: Any, name: str, where: str, path: Path, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and int(value) != value):
+def _number(
+    value: Any, name: str, where: str, path: Path, integer: bool = False, finite: bool = True
+) -> float:
+    """``value`` if it is a number (an integer with ``integer``; finite unless ``finite``
+    is False: a NaN or infinite score is dropped and counted later, not refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "an integer" if integer else "a number"
         raise DatasetError(f"{path}: {where}: '{name}' must be {kind}, got {value!r}")
+    if (finite or integer) and not math.isfinite(value):
+        raise DatasetError(f"{path}: {where}: '{name}' must be a finite number, got {value!r}")
+    if integer and int(value) != value:
+        raise DatasetError(f"{path}: {where}: '{name}' must be an integer, got {value!r}")
     return value
 
 
@@ -117,7 +229,7 @@ def _from_bop_entry(entry: Any, index: int, path: Path) -> Detection:
         scene_id=int(_number(_field(entry, "scene_id", where, path), "scene_id", where, path, True)),
         im_id=int(_number(_field(entry, "image_id", where, path), "image_id", where, path, True)),
         obj_id=int(_number(_field(entry, "category_id", where, path), "category_id", where, path, True)),
-        score=float(_number(_field(entry, "score", where, path), "score", where, path)),
+        score=float(_number(_field(entry, "score", where, path), "score", where, path, finite=False)),
         bbox=_bbox(_field(entry, "bbox", where, path), "bbox", where, path),
         time=float(_number(entry.get("time", 0.0), "time", where, path)),
     )
@@ -136,7 +248,7 @@ def _from_gdrnpp_entry(image: ImageKey, entry: Any, index: int, path: Path) -> D
         scene_id=image[0],
         im_id=image[1],
         obj_id=int(_number(_field(entry, "obj_id", where, path), "obj_id", where, path, True)),
-        score=float(_number(_field(entry, "score", where, path), "score", where, path)),
+        score=float(_number(_field(entry, "score", where, path), "score", where, path, finite=False)),
         bbox=_bbox(_field(entry, "bbox_est", where, path), "bbox_est", where, path),
         time=float(_number(entry.get("time", 0.0), "time", where, path)),
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 
 from fastgdr.checkpoint import load_weights, read_checkpoint
 from fastgdr.config import Config, from_dict, load_config
-from fastgdr.data.detections import Detection
+from fastgdr.data.detections import Detection, DetectionReport, match_detections
 from fastgdr.errors import CheckpointError, DatasetError, FastGDRError
 from fastgdr.geometry import coord_2d_map, crop_resize, test_time_crop
 from fastgdr.models import GDRNPoseNet, PoseNetOutput, decode_pose
@@ -205,7 +205,8 @@ class PosePredictor:
         centers = batch.centers.double().cpu().numpy()
         crop_sizes = (self.output_res / batch.resize_ratios.double()).cpu().numpy()
         targets = [
-            RefineTarget(p.detection.obj_id, p.R, p.t, centers[i], float(crop_sizes[i]), xyz[i], probabilities[i])
+            RefineTarget(p.detection.obj_id, p.R, p.t, centers[i], float(crop_sizes[i]), xyz[i], probabilities[i],
+                         box_size=max(p.detection.bbox[2], p.detection.bbox[3]))
             for i, p in enumerate(poses)
         ]
         refined = refine_poses(
@@ -330,7 +331,8 @@ class InferenceStats:
 
     ``network_seconds`` covers crops, forward and decoding; ``refine_seconds`` the depth
     refinement of each image (empty when not refining); ``refine`` holds the refinement counters and
-    per-object times (None when not refining).
+    per-object times (None when not refining); ``detections`` how the detections matched
+    the images (what was dropped and why).
     """
 
     images: int
@@ -338,6 +340,7 @@ class InferenceStats:
     network_seconds: list[float]
     refine_seconds: list[float] = field(default_factory=list)
     refine: RefineStats | None = None
+    detections: DetectionReport | None = None
 
     @property
     def mean_seconds(self) -> float:
@@ -355,6 +358,32 @@ def images_to_process(dataset, split: str) -> list[tuple[int, int]]:
     return keys
 
 
+def usable_detections(
+    detections: Mapping[tuple[int, int], Sequence[Detection]],
+    dataset,
+    split: str,
+    obj_ids: Sequence[int],
+    score_threshold: float = 0.0,
+    source: str = "detections",
+) -> tuple[dict[tuple[int, int], list[Detection]], DetectionReport]:
+    """The detections of the images :func:`images_to_process` gives, of ``obj_ids``, with
+    a finite score ≥ ``score_threshold`` (see :func:`~fastgdr.data.detections.match_detections`).
+
+    Raises:
+        DatasetError: when no detection is left (naming ``source`` and what was dropped):
+            a run that would write no estimate is a mistake, e.g. the detections of another
+            dataset or split.
+    """
+    keys = images_to_process(dataset, split)
+    usable, report = match_detections(detections, keys, obj_ids, score_threshold)
+    if report.matched == 0:
+        raise DatasetError(
+            f"{source}: no detection can be used for the {len(keys)} image(s) of split '{split}' "
+            f"of {dataset.root} ({report.describe()}); detections of another dataset or split?"
+        )
+    return usable, report
+
+
 def infer_dataset(
     predictor: PosePredictor,
     dataset,
@@ -363,6 +392,7 @@ def infer_dataset(
     top_k_per_object: int | None,
     score_threshold: float = 0.0,
     progress=None,
+    on_image: Callable[[list], None] | None = None,
 ) -> tuple[list, InferenceStats]:
     """Poses for every detection of every image to process, as BOP results.
 
@@ -373,13 +403,22 @@ def infer_dataset(
     is not timed, like the colour image); a missing or unreadable depth file leaves the
     image's poses unrefined and is counted in ``stats.refine``.
 
+    Only usable detections are kept (:func:`usable_detections`: the dropped ones are
+    counted in ``stats.detections``); none at all raises DatasetError before any image
+    is processed.
+
     Args:
         progress: optional callable wrapping an iterable (e.g. tqdm).
+        on_image: called with each image's estimates as soon as they exist (e.g.
+            :meth:`fastgdr.eval.results.ResultsWriter.write`).
     """
     from fastgdr.data.detections import select_detections
     from fastgdr.eval.results import PoseEstimate
 
     keys = images_to_process(dataset, split)
+    detections, detection_report = usable_detections(
+        detections, dataset, split, list(predictor.labels), score_threshold
+    )
     scenes: dict[int, object] = {}
     estimates, seconds, refine_seconds = [], [], []
     refining = predictor.refine_method != "none"
@@ -389,10 +428,7 @@ def infer_dataset(
         if scene_id not in scenes:
             scenes[scene_id] = dataset.load_scene(split, scene_id, require_gt=False)
         camera = scenes[scene_id].camera[im_id]
-        dets = select_detections(
-            [d for d in detections.get((scene_id, im_id), []) if d.obj_id in predictor.labels],
-            top_k_per_object, score_threshold,
-        )
+        dets = select_detections(detections.get((scene_id, im_id), []), top_k_per_object, score_threshold)
         image = dataset.read_image(split, scene_id, im_id)
         depth = _read_depth_or_none(dataset, split, scene_id, im_id, camera.depth_scale) if refining and dets else None
         refine_args = (camera.K, image.shape[:2], depth, camera.depth_scale)
@@ -407,11 +443,16 @@ def infer_dataset(
             refine_seconds.append(refine_elapsed)
             elapsed += refine_elapsed
         image_time = elapsed + max((d.time for d in dets), default=0.0)
-        estimates += [
+        image_estimates = [
             PoseEstimate(scene_id, im_id, p.detection.obj_id, p.detection.score, p.R, p.t, image_time)
             for p in poses
         ]
-    return estimates, InferenceStats(len(keys), len(estimates), seconds, refine_seconds, refine_stats)
+        if on_image is not None:
+            on_image(image_estimates)
+        estimates += image_estimates
+    return estimates, InferenceStats(
+        len(keys), len(estimates), seconds, refine_seconds, refine_stats, detection_report
+    )
 
 
 def _read_depth_or_none(dataset, split: str, scene_id: int, im_id: int, depth_scale: float) -> np.ndarray | None:

@@ -46,11 +46,13 @@ from fastgdr.data.train_dataset import (
     index_train_instances,
 )
 from fastgdr.engine.distiller import Distiller, build_distiller
+from fastgdr.engine.divergence import check_loss, check_step
 from fastgdr.engine.logger import MetricLogger
 from fastgdr.engine.optim import build_optimizer, flat_and_anneal_factor
-from fastgdr.errors import CheckpointError, ConfigError
+from fastgdr.errors import CheckpointError, ConfigError, OutputError
 from fastgdr.losses.gdrn import GDRNTargets, gdrn_losses, total_loss
 from fastgdr.models import GDRNPoseNet
+from fastgdr.outputs import check_out_dir, claim_outputs, remove_outputs, remove_stale_temporaries
 from fastgdr.pruning import check_init_widths
 
 BACKBONE_STRIDE = 32  # every preset; the model checks its own feature stride
@@ -237,6 +239,47 @@ class SnapshotWriter:
             )
 
 
+# Everything a run writes into its folder (``--overwrite`` clears these, and only these).
+RUN_OUTPUTS = ("config.yaml", "metrics.csv", "tensorboard", "snapshots", LAST_CHECKPOINT, FINAL_MODEL)
+
+
+def check_run_folder(
+    out_dir: Path, resume: bool, overwrite: bool, inputs: dict[str, str | Path | None]
+) -> None:
+    """Refuse to start a run that would replace an earlier run's results or an input.
+
+    A folder holding a finished run (``model_final.pth``) or an unfinished one
+    (``last_checkpoint.pth``) or other run outputs is only reused with ``resume``
+    (continue the unfinished run) or ``overwrite`` (start again; the earlier outputs are
+    removed when training starts). No option lets a run write over its own inputs
+    (``--init``, teachers). Files that are not run outputs (a pruned ``--init`` beside
+    it) are left alone.
+
+    Raises:
+        OutputError: naming the folder, what it holds and the option to pass.
+    """
+    check_out_dir(out_dir)
+    if resume and overwrite:
+        raise OutputError("--resume continues the run in --out and --overwrite starts it again: pass one of them")
+    outputs = [out_dir / name for name in RUN_OUTPUTS]
+    claim_outputs(outputs, inputs=inputs, overwrite=True)  # inputs are never overwritten
+    if resume or overwrite:
+        return
+    if (out_dir / FINAL_MODEL).exists():
+        held = f"a finished run ({FINAL_MODEL})"
+        hint = "pass --overwrite to train again from scratch, or choose another --out"
+    elif (out_dir / LAST_CHECKPOINT).exists():
+        held = f"an unfinished run ({LAST_CHECKPOINT})"
+        hint = "continue it with --resume, start it again with --overwrite, or choose another --out"
+    else:
+        existing = [p.name for p in outputs if p.exists()]
+        if not existing:
+            return
+        held = f"outputs of an earlier run ({', '.join(existing)})"
+        hint = "pass --overwrite to replace them, or choose another --out"
+    raise OutputError(f"{out_dir} holds {held}: {hint}")
+
+
 @dataclass
 class TrainResult:
     """What a finished :func:`train` call produced."""
@@ -253,6 +296,7 @@ def train(
     resume: bool = False,
     init: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train the pose network on a BOP dataset.
 
@@ -264,11 +308,19 @@ def train(
         resume: continue from ``out_dir/last_checkpoint.pth`` with the same schedule.
         init: checkpoint whose weights initialise the model (fine-tuning), loaded strictly.
         progress: show a progress bar (main process only).
+        overwrite: start again in a folder that holds an earlier run (its outputs are
+            removed once training starts); without it or ``resume`` such a folder is
+            refused (:func:`check_run_folder`).
     """
     out_dir = Path(out_dir)
     device_type = "cuda" if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
     dist_info = setup_distributed(device_type)
     device = resolve_device(cfg.train.device, dist_info.local_rank)
+    if dist_info.is_main:
+        teachers = cfg.kd.teachers
+        inputs = {"--init": init, **{"--teacher" + (f" #{i + 1}" if len(teachers) > 1 else ""): path
+                                     for i, path in enumerate(teachers)}}
+        check_run_folder(out_dir, resume, overwrite, inputs)
 
     dataset = open_dataset(cfg, data_root)
     splits = train_splits(cfg, dataset)
@@ -316,7 +368,9 @@ def train(
     checkpoint_path = out_dir / LAST_CHECKPOINT
     if resume:
         if not checkpoint_path.exists():
-            raise CheckpointError(f"cannot resume: {checkpoint_path} does not exist (start without --resume)")
+            raise CheckpointError(
+                f"cannot resume: {checkpoint_path} does not exist (start again with --overwrite instead of --resume)"
+            )
         state = read_checkpoint(checkpoint_path)
         if state.get("config") != to_dict(cfg):
             raise ConfigError(
@@ -333,6 +387,10 @@ def train(
         start_iter = int(state["iteration"])
 
     if dist_info.is_main:
+        if overwrite:
+            remove_outputs(out_dir / name for name in RUN_OUTPUTS)
+        remove_stale_temporaries(out_dir, RUN_OUTPUTS)  # left by a killed save
+        remove_stale_temporaries(out_dir / "snapshots", ["model_*.pth"])
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     train_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
@@ -376,13 +434,13 @@ def train(
         if distill_step is not None:
             losses.update(distill_step(images, roi_classes, out))
         loss = total_loss(losses)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}: {({k: v.item() for k, v in losses.items()})}")
+        check_loss(loss, losses, iteration + 1, checkpoint_path)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
         optimizer.step()
+        check_step((model, distiller), losses, iteration + 1, checkpoint_path)  # before anything saves them
         iteration += 1
         clock.sync(dist_info, device)
         scheduler.step()

@@ -62,7 +62,14 @@ from fastgdr.data.mesh import Mesh, load_ply
 from fastgdr.data.symmetry import symmetry_transformations
 from fastgdr.errors import DatasetError, FastGDRError
 from fastgdr.eval import batched_errors
-from fastgdr.eval.results import RESULTS_FILE_KEY, RESULTS_SHA256_KEY, PoseEstimate, file_sha256
+from fastgdr.eval.results import (
+    RESULTS_FILE_KEY,
+    RESULTS_SHA256_KEY,
+    SCORE_FILES,
+    PoseEstimate,
+    file_sha256,
+)
+from fastgdr.outputs import atomic_write_text
 
 ERROR_TYPES = ("vsd", "mssd", "mspd", "ad")
 VSD_TAUS = np.arange(0.05, 0.51, 0.05)  # × diameter
@@ -657,9 +664,6 @@ def _progress_callback(progress: bool | Callable[[int, int], None], total: int) 
 # ------------------------------------------------------------------------------------
 
 
-SCORE_FILES = ("scores_bop19.json", "per_object.csv", "scores.md")
-
-
 def remove_scores(out_dir: str | Path) -> list[Path]:
     """Delete the score files of :func:`write_scores` from ``out_dir`` (before a new results
     file is written there: scores never stay beside a file they were not computed from).
@@ -691,12 +695,7 @@ def write_scores(result: EvalResult, out_dir: str | Path, results_file: str | Pa
         name → path of the written files.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "scores": out_dir / "scores_bop19.json",
-        "per_object": out_dir / "per_object.csv",
-        "markdown": out_dir / "scores.md",
-    }
+    paths = dict(zip(("scores", "per_object", "markdown"), (out_dir / name for name in SCORE_FILES)))
     scores: dict[str, float | str | None] = {
         k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.scores.items()
     }
@@ -705,13 +704,13 @@ def write_scores(result: EvalResult, out_dir: str | Path, results_file: str | Pa
         digest = file_sha256(results_file)
         scores.update({RESULTS_FILE_KEY: Path(results_file).name, RESULTS_SHA256_KEY: digest})
         source = f"\n\nScores of `{Path(results_file).name}` (SHA-256 {digest})."
-    paths["scores"].write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
     columns = _per_object_columns(result)
     lines = [",".join(["obj_id", *columns])]
     for obj_id, row in result.per_object.items():
         lines.append(",".join([str(obj_id), *(_cell(row[c]) for c in columns)]))
-    paths["per_object"].write_text("\n".join(lines) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(format_scores(result) + source + "\n", encoding="utf-8")
+    for key, text in (("per_object", "\n".join(lines)), ("markdown", format_scores(result) + source),
+                      ("scores", json.dumps(scores, indent=2))):  # the scores last: they mark a finished run
+        atomic_write_text(paths[key], text + "\n", what="scores file")
     return paths
 
 

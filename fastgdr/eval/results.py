@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from fastgdr.errors import ResultsFormatError, ResultsWarning
+from fastgdr.outputs import atomic_write_text
 
 HEADER = "scene_id,im_id,obj_id,score,R,t,time"
 # Two times of one image may differ by at most this much (s), as in the BOP toolkit.
@@ -52,6 +54,8 @@ _LINES_SHOWN = 10
 # count too): a results file named for one of them was made for that dataset.
 BOP_DATASET_NAMES = ("hb", "hope", "icbin", "icmi", "itodd", "lm", "lmo", "ruapc", "tless", "tudl", "tyol", "ycbv")
 _FIELDS = HEADER.split(",")
+# The files fastgdr.eval.bop19.write_scores writes into an output folder.
+SCORE_FILES = ("scores_bop19.json", "per_object.csv", "scores.md")
 
 
 @dataclass
@@ -320,20 +324,84 @@ def save_results(path: str | Path, estimates: Iterable[PoseEstimate]) -> None:
     the same time (inference does).
 
     Args:
-        path: the CSV file to write (parent folders are created).
+        path: the CSV file to write (parent folders are created), atomically.
         estimates: the estimates, written in the given order.
+
+    Raises:
+        ResultsFormatError: an estimate holds a NaN or infinite number.
     """
-    lines = [HEADER]
-    for e in estimates:
-        R = np.asarray(e.R, dtype=np.float64).reshape(9)
-        t = np.asarray(e.t, dtype=np.float64).reshape(3)
-        lines.append(
-            f"{int(e.scene_id)},{int(e.im_id)},{int(e.obj_id)},{_num(e.score)},"
-            f"{' '.join(_num(v) for v in R)},{' '.join(_num(v) for v in t)},{_num(e.time)}"
+    lines = [HEADER, *(format_estimate(e) for e in estimates)]
+    atomic_write_text(path, "\n".join(lines) + "\n", what="results file")
+
+
+def format_estimate(e: PoseEstimate) -> str:
+    """One CSV line (no newline) of an estimate.
+
+    Raises:
+        ResultsFormatError: a number of the estimate is NaN or infinite (naming the image
+            and object: a results file never holds them).
+    """
+    R = np.asarray(e.R, dtype=np.float64).reshape(9)
+    t = np.asarray(e.t, dtype=np.float64).reshape(3)
+    values = {"score": [e.score], "R": R, "t": t, "time": [e.time]}
+    bad = [name for name, v in values.items() if not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))]
+    if bad:
+        raise ResultsFormatError(
+            f"non-finite {', '.join(bad)} in the estimate of scene {e.scene_id} image {e.im_id} object "
+            f"{e.obj_id} (R={R.tolist()}, t={t.tolist()}): a results file cannot hold it"
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return (
+        f"{int(e.scene_id)},{int(e.im_id)},{int(e.obj_id)},{_num(e.score)},"
+        f"{' '.join(_num(v) for v in R)},{' '.join(_num(v) for v in t)},{_num(e.time)}"
+    )
+
+
+class ResultsWriter:
+    """Writes a BOP results CSV while the estimates are made.
+
+    Each :meth:`write` appends the lines of an image to ``<path>.partial`` at once
+    (validated first, then one write and a flush), so an interrupted or failing run
+    keeps what it did in a file no tool mistakes for finished results; :meth:`close`
+    renames it to ``path``. Used as a context manager, an exception leaves the partial
+    file in place.
+
+    Args:
+        path: the results CSV to produce (parent folders are created).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        self._file = self.partial.open("w", encoding="utf-8")
+        self._file.write(HEADER + "\n")
+        self._file.flush()
+
+    def write(self, estimates: Iterable[PoseEstimate]) -> None:
+        """Append estimates (one image's), all or none of them."""
+        lines = [format_estimate(e) for e in estimates]
+        if lines:
+            self._file.write("\n".join(lines) + "\n")
+            self._file.flush()
+            self.count += len(lines)
+
+    def close(self) -> Path:
+        """Finish: the partial file becomes ``path``."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
 
 
 def _num(value: float) -> str:

@@ -171,6 +171,7 @@ class Renderer:
         self.near = float(near)
         self.far = float(far)
         self._meshes: dict[int, Mesh] = {}
+        self._radii: dict[int, float] = {}
         self._gl: _GLState | None = None
         for obj_id, mesh in (meshes or {}).items():
             self.add_mesh(obj_id, mesh)
@@ -182,8 +183,10 @@ class Renderer:
 
     def bounding_radius(self, obj_id: int) -> float:
         """Largest distance (mm) of a vertex of object ``obj_id`` from its model origin."""
-        mesh = self._meshes[self._check_id(obj_id)]
-        return float(np.linalg.norm(mesh.vertices.astype(np.float64), axis=1).max())
+        obj_id = self._check_id(obj_id)
+        if obj_id not in self._radii:
+            self._radii[obj_id] = float(np.linalg.norm(self._meshes[obj_id].vertices.astype(np.float64), axis=1).max())
+        return self._radii[obj_id]
 
     def add_mesh(self, obj_id: int, mesh: Mesh) -> None:
         """Add (or replace) the mesh of object ``obj_id``; uploaded on the next render.
@@ -194,6 +197,7 @@ class Renderer:
         if len(mesh.faces) == 0:
             raise ValueError(f"mesh of object {obj_id} has no faces: nothing to render")
         self._meshes[int(obj_id)] = mesh
+        self._radii.pop(int(obj_id), None)
         if self._gl is not None:
             self._gl.drop_mesh(int(obj_id))
 
