@@ -246,6 +246,9 @@ class TrainConfig:
             default, fan-in scaled).
         clip_grad_norm: clip the gradients' total norm to this value before each step
             (None: no clipping, as GDRNPP).
+        pnp_teacher_forcing: weight of the pose terms of a second Patch-PnP pass on
+            ground-truth correspondences (0: off, as GDRNPP; see
+            ``fastgdr.engine.trainer.teacher_forcing_losses``).
         init_depth_from_data: start fc_t's δz bias at the mean δz of the training samples
             instead of 0.
         checkpoint_period: iterations between resumable checkpoints.
@@ -287,7 +290,7 @@ class TrainConfig:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.batch_size < 1 or self.checkpoint_period < 1 or self.log_period < 1 or self.lr_reference_batch < 1:
             raise ValueError("batch_size, lr_reference_batch, checkpoint_period and log_period must be >= 1")
-        for name in ("lr", "weight_decay", "epochs"):
+        for name in ("lr", "weight_decay", "epochs", "pnp_teacher_forcing"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
                 raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}")
@@ -547,7 +550,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "gdrnpp": {},
     "short": {
         "model": {"input": {"mean": [0.406, 0.456, 0.485], "std": [0.225, 0.224, 0.229]}},
-        "data": {"canonical_symmetry": True},
+        "data": {"canonical_symmetry": True, "augment": {"color_prob": 0.0, "background_prob": 0.0}},
         "train": {
             "optimizer": "adamw",
             "lr": 1e-3,
@@ -560,6 +563,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "head_init": "torch",
             "clip_grad_norm": 1.0,
             "init_depth_from_data": True,
+            "pnp_teacher_forcing": 1.0,
             "loss_weights": {"rot": 1.0},
         },
     },

@@ -31,7 +31,7 @@ OVERFIT_OVERRIDES = [
     "train.log_period=50",
     "train.checkpoint_period=1000",
 ]
-ITERATIONS = 150
+ITERATIONS = 500
 TRAIN_ROIS = 8
 
 

@@ -27,6 +27,7 @@ from fastgdr.losses import (
     region_loss_constant,
     total_loss,
 )
+from fastgdr.losses.gdrn import teacher_forced_pnp_inputs
 from fastgdr.models import PoseNetOutput, decode_pose
 
 F64 = torch.float64
@@ -355,3 +356,16 @@ def test_shape_mismatch_names_field(gen):
         gdrn_losses(perfect_output(targets), bad)
     with pytest.raises(ValueError, match="region must be int64"):
         gdrn_losses(perfect_output(targets), replace(targets, region=targets.region.int()))
+
+
+def test_teacher_forced_pnp_inputs_are_the_ground_truth_on_the_object(gen):
+    targets = make_targets(gen)
+    out = perfect_output(targets)
+    out.xyz = torch.rand(B, 3, RES, RES, generator=gen, dtype=F64, requires_grad=True)
+    out.region = torch.randn(B, REGIONS + 1, RES, RES, generator=gen, dtype=F64, requires_grad=True)
+    xyz, prob = teacher_forced_pnp_inputs(out, targets)
+    on = targets.mask_xyz.bool()
+    torch.testing.assert_close(xyz.permute(0, 2, 3, 1)[on], targets.xyz.permute(0, 2, 3, 1)[on])
+    torch.testing.assert_close(xyz.permute(0, 2, 3, 1)[~on], out.xyz.detach().permute(0, 2, 3, 1)[~on])
+    assert torch.equal(prob.argmax(1)[on] + 1, targets.region[on]) and torch.allclose(prob.sum(1), torch.ones(()).double())
+    assert not xyz.requires_grad and not prob.requires_grad  # the head gets no gradient from this pass

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from fastgdr._compat import cpu_has_native_bf16
 from fastgdr.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from fastgdr.config import Config, KDConfig, save_config, to_dict
+from fastgdr.config import Config, KDConfig, LossWeights, save_config, to_dict
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import DATASET_CARDS, detect_card
 from fastgdr.data.mesh import load_ply
@@ -50,8 +50,8 @@ from fastgdr.engine.divergence import check_loss, check_step
 from fastgdr.engine.logger import MetricLogger
 from fastgdr.engine.optim import build_optimizer, flat_and_anneal_factor
 from fastgdr.errors import CheckpointError, ConfigError, OutputError
-from fastgdr.losses.gdrn import GDRNTargets, gdrn_losses, total_loss
-from fastgdr.models import GDRNPoseNet
+from fastgdr.losses.gdrn import GDRNTargets, gdrn_losses, teacher_forced_pnp_inputs, total_loss
+from fastgdr.models import GDRNPoseNet, PoseNetOutput
 from fastgdr.outputs import check_out_dir, claim_outputs, remove_outputs, remove_stale_temporaries
 from fastgdr.pruning import check_init_widths
 
@@ -167,17 +167,24 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def teacher_forced_pnp(model, out, targets, coord_2d, extents):
-    """Patch-PnP on the GT coordinates and regions inside the object, the (detached)
-    predictions outside it."""
-    import torch.nn.functional as F
-    m = targets.mask_xyz[:, None]
-    xyz = m * targets.xyz + (1 - m) * out.xyz.detach()
-    regions = out.region.shape[1] - 1
-    onehot = F.one_hot(targets.region, regions + 1).permute(0, 3, 1, 2)[:, 1:].to(xyz.dtype)
-    prob = m * onehot + (1 - m) * torch.softmax(out.region[:, 1:].detach(), dim=1)
-    rot6d, site = model.pnp_net(xyz, coord_2d, prob, extents)
-    return replace(out, rot6d=rot6d, site=site)
+def teacher_forcing_losses(
+    pnp_net: torch.nn.Module, out: PoseNetOutput, targets: GDRNTargets, coord_2d: torch.Tensor,
+    extents: torch.Tensor, weights: LossWeights, factor: float,
+) -> dict[str, torch.Tensor]:
+    """The pose terms of a second Patch-PnP pass on ground-truth correspondences.
+
+    Patch-PnP learns from the geometric head's predictions, which are noise for most of a
+    short run, so its rotation and translation learn late. This pass feeds it the GT
+    coordinates and regions on the object (the predictions, detached, elsewhere, so that
+    what it sees around the object stays what it sees at test time; see
+    :func:`~fastgdr.losses.gdrn.teacher_forced_pnp_inputs`) and adds its point-matching,
+    rotation, centroid and depth terms × ``factor`` as ``loss_tf_*``. Not in GDRNPP.
+    """
+    xyz, region_prob = teacher_forced_pnp_inputs(out, targets)
+    rot6d, site = pnp_net(xyz, coord_2d, region_prob, extents)
+    pose_only = replace(weights, xyz=0.0, mask_visible=0.0, mask_amodal=0.0, region=0.0)
+    forced = gdrn_losses(replace(out, rot6d=rot6d, site=site), targets, pose_only)
+    return {f"loss_tf_{name.removeprefix('loss_')}": factor * value for name, value in forced.items()}
 
 
 class RunClock:
@@ -427,10 +434,10 @@ def train(
         out = replace(out, **{f.name: getattr(out, f.name).float() for f in fields(out)})
         losses = gdrn_losses(out, targets, cfg.train.loss_weights)
         if cfg.train.pnp_teacher_forcing > 0:
-            forced = teacher_forced_pnp(model, out, targets, batch["roi_coord_2d"].to(device), batch["roi_extents"].to(device))
-            w = cfg.train.loss_weights
-            pose_only = replace(w, xyz=0.0, mask_visible=0.0, mask_amodal=0.0, region=0.0)
-            losses.update({f"loss_tf_{k[5:]}": cfg.train.pnp_teacher_forcing * v for k, v in gdrn_losses(forced, targets, pose_only).items()})
+            losses.update(teacher_forcing_losses(
+                model.pnp_net, out, targets, batch["roi_coord_2d"].to(device), batch["roi_extents"].to(device),
+                cfg.train.loss_weights, cfg.train.pnp_teacher_forcing,
+            ))
         if distill_step is not None:
             losses.update(distill_step(images, roi_classes, out))
         loss = total_loss(losses)

@@ -207,6 +207,22 @@ def allocentric_rotation_loss(rot6d: Tensor, R_gt: Tensor, t_gt: Tensor, sym_rot
     return (R_pred - R_target).abs().mean()
 
 
+def teacher_forced_pnp_inputs(out: PoseNetOutput, targets: GDRNTargets) -> tuple[Tensor, Tensor]:
+    """Patch-PnP inputs with the ground truth on the object: (xyz [B, 3, H, W], region
+    probabilities [B, R, H, W]).
+
+    Inside ``targets.mask_xyz`` the GT normalized coordinates and one-hot GT regions;
+    outside it the network's own (detached) coordinates and region softmax, which is what
+    Patch-PnP sees around the object at test time.
+    """
+    m = targets.mask_xyz[:, None].to(out.xyz.dtype)
+    xyz = m * targets.xyz + (1.0 - m) * out.xyz.detach()
+    regions = out.region.shape[1] - 1
+    one_hot = F.one_hot(targets.region, regions + 1).permute(0, 3, 1, 2)[:, 1:].to(out.xyz.dtype)
+    predicted = torch.softmax(out.region[:, 1:].detach(), dim=1)
+    return xyz, m * one_hot + (1.0 - m) * predicted
+
+
 def _xyz_terms(out: PoseNetOutput, targets: GDRNTargets) -> dict[str, Tensor]:
     loss_x, loss_y, loss_z = coordinate_losses(out.xyz, targets.xyz, targets.mask_xyz)
     return {"loss_coor_x": loss_x, "loss_coor_y": loss_y, "loss_coor_z": loss_z}
