@@ -432,7 +432,7 @@ def train(
             pose_only = replace(w, xyz=0.0, mask_visible=0.0, mask_amodal=0.0, region=0.0)
             losses.update({f"loss_tf_{k[5:]}": cfg.train.pnp_teacher_forcing * v for k, v in gdrn_losses(forced, targets, pose_only).items()})
         if distill_step is not None:
-            losses.update(distill_step(images, roi_classes, out))
+            losses.update(distill_step(images, roi_classes, out, batch["roi_coord_2d"].to(device)))
         loss = total_loss(losses)
         check_loss(loss, losses, iteration + 1, checkpoint_path)
         optimizer.zero_grad(set_to_none=True)
