@@ -680,24 +680,6 @@ def test_distill_tool_needs_a_term_and_has_examples(tiny_dataset, teacher_checkp
     assert "Examples:" in help_text and "kd.ot.weight" in help_text
 
 
-def test_kd_study_trains_evaluates_and_tabulates(tiny_dataset, tmp_path):
-    out = tmp_path / "study"
-    cmd = [sys.executable, str(REPO / "benchmarks/kd_study.py"), "--data", str(tiny_dataset), "--out", str(out),
-           "--kinds", "plain,ot", "--iterations", "2", "--teacher-iterations", "2", "--batch", "4",
-           "--workers", "0", *[o for o in TINY_TRAIN_OVERRIDES if not o.startswith("train.batch_size")],
-           "kd.ot.grid=8"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): line for line in (out / "kd_study.md").read_text().splitlines()
-            if line.startswith("| ") and not line.startswith("| model")}
-    assert set(rows) == {"teacher", "plain", "ot"}
-    for line in rows.values():
-        cells = [c.strip() for c in line.strip("|").split("|")[1:]]
-        assert cells[0] == "0"  # the seed
-        assert len(cells) == 6 and all(0.0 <= float(c) <= 1.0 for c in cells[1:])  # every metric was measured
-    assert "kd_ot" in (out / "ot_seed0" / "metrics.csv").read_text().splitlines()[0]
-
-
 def test_a_teacher_trained_from_an_imagenet_file_loads_without_that_file(teacher_checkpoints, tmp_path):
     paths, _ = teacher_checkpoints
     state = read_checkpoint(paths[0])
