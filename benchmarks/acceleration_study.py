@@ -67,7 +67,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--teacher-minutes", type=float, help="teacher budget (default: twice --minutes)")
     parser.add_argument("--teacher-iterations", type=int, help="teacher budget in iterations instead")
     parser.add_argument("--ot-weight", type=float, help="the OT weight (default: tuned over --ot-weights)")
-    parser.add_argument("--ot-weights", default="0.1,1,10", help="candidate OT weights (default 0.1,1,10)")
+    parser.add_argument("--ot-weights", default="0.1,1,10,100",
+                        help="candidate OT weights (default 0.1,1,10,100: ADLP tuned 0.1 to 100)")
     parser.add_argument("--tune-seed", type=int, default=TUNE_SEED, help=f"seed of the tuning runs (default {TUNE_SEED})")
     parser.add_argument("--geo-d", type=int, default=28, help="head pruning D of the 28 variants (default 28)")
     parser.add_argument("--pnp-d", type=int, default=16, help="Patch-PnP pruning D of p28_pnp16 (default 16)")

@@ -159,7 +159,7 @@ class StudySettings:
     teacher_minutes: float | None = None
     teacher_iterations: int | None = None
     ot_weight: float | None = None
-    ot_weights: tuple[float, ...] = (0.1, 1.0, 10.0)
+    ot_weights: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
     tune_seed: int = TUNE_SEED
     geo_d: int = 28
     pnp_d: int = 16
