@@ -43,7 +43,8 @@ KINDS = {
     "feature+ot": ["kd.feature.weight=1", "kd.ot.weight=5"],
     "naive": ["kd.naive.weight=1"],
     "uncertainty": ["kd.ot.weight=5", "kd.uncertainty.enabled=true", "kd.uncertainty.feature_weight=1",
-                    "kd.uncertainty.tta_samples=2"],
+                    "kd.uncertainty.source=tta", "kd.uncertainty.tta_samples=2"],
+    "uncertainty-ensemble3": ["kd.ot.weight=5", "kd.uncertainty.enabled=true", "kd.uncertainty.feature_weight=1"],
 }
 
 
@@ -103,7 +104,8 @@ def time_steps(cfg: Config, teacher: tuple[GDRNPoseNet, ModelConfig] | None, bat
     groups = [{"params": list(model.parameters())}]
     distiller = None
     if teacher is not None:
-        ensemble = TeacherEnsemble([teacher[0]], [teacher[1]], cfg.model, cfg.kd)
+        members = 3 if cfg.kd.uncertainty.enabled and cfg.kd.uncertainty.source == "ensemble" else 1  # cost only
+        ensemble = TeacherEnsemble([teacher[0]] * members, [teacher[1]] * members, cfg.model, cfg.kd)
         distiller = Distiller(cfg.kd, ensemble, model.backbone_info.channels)
         if any(True for _ in distiller.parameters()):
             groups.append({"params": list(distiller.parameters()), "lr": cfg.kd.feature.adapter_lr, "weight_decay": 0.0})
@@ -114,7 +116,7 @@ def time_steps(cfg: Config, teacher: tuple[GDRNPoseNet, ModelConfig] | None, bat
         out = model(batch["images"], batch["roi_classes"], batch["roi_coord_2d"], batch["roi_extents"])
         losses = gdrn_losses(out, batch["targets"], cfg.train.loss_weights)
         if distiller is not None:
-            losses.update(distiller(batch["images"], batch["roi_classes"], out))
+            losses.update(distiller(batch["images"], batch["roi_classes"], out, batch["roi_coord_2d"]))
         optimizer.zero_grad(set_to_none=True)
         total_loss(losses).backward()
         optimizer.step()

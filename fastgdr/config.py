@@ -334,33 +334,47 @@ class FeatureKDConfig:
 
 @dataclass
 class OTKDConfig:
-    """ADLP: a Sinkhorn divergence between the teacher's and the student's local predictions.
+    """ADLP: Sinkhorn divergences between the teacher's and the student's local predictions.
 
-    Each ROI's 64×64 output becomes a weighted point set: points (u, v, x, y, z) — the
-    cell's position in the crop and the predicted normalized object coordinate — with the
-    predicted visible-mask values as masses.
+    The defaults are ADLP's published setting (geomloss Sinkhorn, p=2, blur 0.001, scaling
+    0.5, reach 0.5: unbalanced) on ADLP's kind of point set: ``region`` sampling makes one
+    2-D point set per surface region (GDRNPP's 64 farthest-point "keypoints"): the
+    image-normalised positions of the ``region_topk`` cells that most see the region,
+    weighted by visible mask × region probability; one OT problem per region, summed
+    (docs/distillation.md lists what still differs from ADLP). ``pool`` and ``topk`` are
+    fastgdr's earlier joint variant: one 5-D set per ROI, points (u, v, x, y, z) — cell
+    position in the crop and predicted normalized object coordinate — with the visible
+    mask as masses (use it with ``blur=0.05 reach=null``).
 
     Attributes:
-        weight: loss weight (0 disables the term).
-        sampling: ``pool`` averages ``grid``×``grid`` blocks (coordinates weighted by the
-            mask, masses = mean mask); ``topk`` keeps the ``topk`` cells with the largest
-            mask value of each set separately.
-        grid: pooled grid side (16 → 256 points per ROI); must divide the output size.
+        weight: loss weight (0 disables the term). ADLP's was 5 on LINEMOD, 0.1 on LM-O,
+            100 with ZebraPose, each at its own loss scale; tune it at this one's
+            (benchmarks/acceleration_study.py does).
+        sampling: ``region`` (ADLP), ``pool`` (``grid``×``grid`` blocks, coordinates
+            weighted by the mask, masses = mean mask) or ``topk`` (the ``topk`` cells with
+            the largest mask value of each set).
+        region_topk: cells per region set for ``region``.
+        region_points: ``uv`` (ADLP's 2-D points) or ``uvxyz`` (the predicted coordinates
+            appended) for ``region``.
+        grid: pooled grid side for ``pool`` (16 → 256 points per ROI); must divide the output size.
         topk: points per ROI for ``topk``.
-        blur: entropic blur in normalized units (ε = blur ** 2).
-        reach: None for balanced OT (masses normalized to sum 1), or the reach of
-            unbalanced OT (raw masses, KL-penalized marginals; ADLP: 0.5).
-        scaling: ε-scaling ratio of the solver (closer to 1 = more accurate, slower).
-        position_scale: factor on the (u, v) coordinates relative to (x, y, z).
-        detach_masses: stop gradients into the student's masks (ADLP distils them).
+        blur: entropic blur in normalized units (ε = blur ** 2; ADLP: 0.001).
+        reach: the reach of unbalanced OT (raw masses, KL-penalized marginals; ADLP: 0.5),
+            or None for balanced OT (masses normalized to sum 1).
+        scaling: ε-scaling ratio of the solver (closer to 1 = more accurate, slower; ADLP: 0.5).
+        position_scale: factor on the (u, v) coordinates.
+        detach_masses: stop gradients into the student's masks and region probabilities
+            (ADLP distils them: its weights carry gradient to the segmentation scores).
     """
 
     weight: float = 0.0
-    sampling: Literal["pool", "topk"] = "pool"
+    sampling: Literal["region", "pool", "topk"] = "region"
+    region_topk: int = 16
+    region_points: Literal["uv", "uvxyz"] = "uv"
     grid: int = 16
     topk: int = 256
-    blur: float = 0.05
-    reach: float | None = None
+    blur: float = 0.001
+    reach: float | None = 0.5
     scaling: float = 0.5
     position_scale: float = 1.0
     detach_masses: bool = False
@@ -368,8 +382,8 @@ class OTKDConfig:
     def __post_init__(self) -> None:
         if self.weight < 0:
             raise ValueError(f"weight must be >= 0, got {self.weight}")
-        if self.grid < 1 or self.topk < 1:
-            raise ValueError("grid and topk must be >= 1")
+        if self.grid < 1 or self.topk < 1 or self.region_topk < 1:
+            raise ValueError("grid, topk and region_topk must be >= 1")
         if self.blur <= 0 or (self.reach is not None and self.reach <= 0):
             raise ValueError("blur and reach must be positive")
         if not 0.0 < self.scaling < 1.0:
@@ -398,30 +412,44 @@ class NaiveKDConfig:
 
 @dataclass
 class UncertaintyKDConfig:
-    """Uncertainty-aware distillation (UA-KD): teacher uncertainty per local prediction.
+    """Uncertainty-aware distillation (UA-KD, arXiv 2503.13053): teacher uncertainty per
+    local prediction from a deep ensemble.
 
-    The uncertainty of a cell is the variance of the teacher's coordinates across an
-    ensemble of teacher checkpoints (``kd.teachers`` with several entries) or, with one
-    teacher, across ``tta_samples`` photometrically perturbed copies of the crop. Its
-    confidence ``exp(-variance / temperature)`` multiplies the teacher's OT masses, and a
-    prediction-related feature term distils backbone features at confident object cells.
+    The uncertainty of a cell is the variance of the teachers' coordinates across the
+    ensemble ``kd.teachers`` (``source: ensemble``, the default and UA-KD's; it needs at
+    least two teachers). ``source: tta`` is a fallback for a single teacher: the variance
+    across ``tta_samples`` photometrically perturbed copies of the crop. The confidence
+    ``exp(-variance / temperature)`` multiplies the teacher's OT masses, and the
+    prediction-related feature term distils backbone features at the cells the OT plan
+    between the two prediction sets pairs (with the ``kd.ot`` sets and solver settings).
 
     Attributes:
-        enabled: use the confidence in the OT masses (needs ``kd.ot.weight`` > 0 to matter).
-        tta_samples: perturbed copies when there is a single teacher (>= 2).
+        enabled: estimate the confidence and use it in the teacher's OT masses (needs
+            ``kd.ot.weight`` > 0); the feature term's plan then pairs the weighted sets.
+        source: ``ensemble`` (several teachers) or ``tta`` (one teacher, perturbed crops).
+        tta_samples: perturbed copies for ``tta`` (>= 2).
         tta_strength: size of the brightness/contrast jitter and pixel noise.
         temperature: variance scale; None uses the mean variance over the teacher's
             visible cells of the batch (scale-free).
-        feature_weight: weight of the prediction-related feature term (0 disables it).
+        feature_weight: weight of the OT-paired feature term (0 disables it).
+        plan_blur: blur of the transport plan that pairs the cells for the feature term
+            (same sets, masses and reach as ``kd.ot``); None: ``kd.ot.blur``. The default
+            0.01 is about one output cell in image-normalised units: at ADLP's 0.001 the
+            entropic plan is a near-hard assignment that Sinkhorn settles too slowly for a
+            training step, and the features are read on a grid 8 output cells apart.
     """
 
     enabled: bool = False
+    source: Literal["ensemble", "tta"] = "ensemble"
     tta_samples: int = 4
     tta_strength: float = 0.1
     temperature: float | None = None
     feature_weight: float = 0.0
+    plan_blur: float | None = 0.01
 
     def __post_init__(self) -> None:
+        if self.plan_blur is not None and self.plan_blur <= 0:
+            raise ValueError(f"plan_blur must be positive, got {self.plan_blur}")
         if self.feature_weight < 0 or self.tta_strength < 0:
             raise ValueError("feature_weight and tta_strength must be >= 0")
         if self.tta_samples < 2:
@@ -455,6 +483,7 @@ class KDConfig:
     def __post_init__(self) -> None:
         if self.uncertainty.enabled and self.ot.weight == 0:
             raise ValueError("uncertainty.enabled scales the teacher's OT masses: it needs ot.weight > 0")
+
 
     @property
     def active(self) -> bool:

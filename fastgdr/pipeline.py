@@ -86,7 +86,8 @@ class DemoBudget:
             f"batch {self.batch_size}; teacher (N preset) {self.teacher_iterations} iterations, seed 0; N and P students "
             f"{self.student_iterations} iterations; P and distilled P (feature MSE ×1 + OT on local predictions ×5 "
             f"from the teacher) with seeds {', '.join(map(str, self.seeds))}; P28 = P (seed {self.seeds[0]}) pruned "
-            f"(geometric head D=28, Patch-PnP D=16) and fine-tuned {self.student_iterations * 3 // 8} iterations. "
+            f"(FAST GDRNPP's P28: geometric head D=28, Patch-PnP unpruned) and fine-tuned "
+            f"{self.student_iterations * 3 // 8} iterations. "
             "Backbones start from random weights (nothing can be downloaded), so accuracies are far below the paper's; "
             "compare runs with each other and with the seed spread below."
         )
@@ -177,7 +178,7 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
     pruned = out / "p28" / "pruned.pth"
     stages.append(Stage(
         "prune p to p28", "prune.py",
-        ("--ckpt", str(out / p_first / "model_final.pth"), "--geo-d", "28", "--pnp-d", "16", "--out", str(pruned),
+        ("--ckpt", str(out / p_first / "model_final.pth"), "--geo-d", "28", "--out", str(pruned),
          "--repeats", str(budget.latency_repeats), "--overwrite"),
         (pruned, pruned.with_suffix(".yaml")),
     ))

@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from fastgdr._compat import import_optional
-from fastgdr.benchmark import REFINE_PREFIX, BenchResult, BenchRow, TargetResult, architecture_key
+from fastgdr.benchmark import (
+    REFINE_PREFIX,
+    TARGETS_TITLE,
+    BenchResult,
+    BenchRow,
+    TargetResult,
+    architecture_key,
+    format_spread,
+)
 from fastgdr.config import load_config
 from fastgdr.errors import FastGDRError
 from fastgdr.eval.results import RESULTS_FILE_KEY, RESULTS_SHA256_KEY, file_sha256
@@ -62,6 +70,7 @@ class RunSummary:
     refine: str = "none"
     refine_ms_per_image: float = 0.0
     results_csv: Path | None = None
+    path: Path | None = None  # the eval folder it was read from
 
     @property
     def average_recall(self) -> float | None:
@@ -93,6 +102,7 @@ def read_eval_dir(path: str | Path) -> RunSummary:
         refine=inference.get("refine", "none"),
         refine_ms_per_image=1000.0 * inference.get("mean_refine_seconds_per_image", 0.0),
         results_csv=results_csv,
+        path=path,
     )
 
 
@@ -276,13 +286,16 @@ def seed_spread_markdown(runs: Sequence[RunSummary]) -> str | None:
 
 
 def targets_markdown(results: Sequence[TargetResult]) -> str:
-    """The speed targets as a markdown table: target, ROIs, measured ratio, target, met."""
-    lines = ["| target | ROIs | measured | target | met | note |", "|---|---|---|---|---|---|"]
+    """The speed targets as a markdown table: target, ROIs, measured ratio, the IQR of the
+    per-round ratios, fastgdr's target, met, FAST GDRNPP's own value, note."""
+    lines = ["| target | ROIs | measured | per-round spread | target (fastgdr) | met | FAST GDRNPP | note |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         measured = "–" if r.measured is None else f"{r.measured:.3f}"
         met = "–" if r.met is None else ("yes" if r.met else "no")
         limit = f"{'≥' if r.at_least else '≤'} {r.limit:.2f}"
-        lines.append(f"| {r.description} | {'–' if r.rois is None else r.rois} | {measured} | {limit} | {met} | {r.note} |")
+        lines.append(f"| {r.description} | {'–' if r.rois is None else r.rois} | {measured} | {format_spread(r)} | "
+                     f"{limit} | {met} | {r.reference or '–'} | {r.note} |")
     return "\n".join(lines)
 
 
@@ -362,27 +375,69 @@ BOP_CSV_DIR = "bop_results"
 REPORT_FILES = ("README.md", PLOT_FILE, BOP_CSV_DIR)  # what build_report writes into its folder
 
 
-def copy_results_csvs(runs: Sequence[RunSummary], folder: Path) -> list[str]:
-    """Copy each run's BOP results CSV (named in its inference.json) into ``folder``;
-    the names copied."""
-    names = []
+def results_csv_name(run: RunSummary) -> str | None:
+    """The name a run's BOP results file gets in a report: ``RUN_DATASET-SPLIT.csv``, the
+    run's name (with ``_`` written ``-``, as BOP splits file names at ``_``) in place of
+    the method name tools/test.py was given; None for a run without a results file."""
+    if run.results_csv is None:
+        return None
+    _, sep, dataset_split = run.results_csv.name.partition("_")
+    return f"{run.name.replace('_', '-')}_{dataset_split if sep else run.results_csv.name}"
+
+
+def check_results_csv_names(runs: Sequence[RunSummary]) -> dict[str, RunSummary]:
+    """{file name: run} of :func:`results_csv_name` for every run with a results file.
+
+    Raises:
+        FastGDRError: two runs would be written to one file (same name up to ``_``/``-``
+            and letter case, which case-insensitive file systems do not tell apart).
+    """
+    names: dict[str, RunSummary] = {}
     for run in runs:
-        if run.results_csv is None or not run.results_csv.is_file():
+        name = results_csv_name(run)
+        if name is None:
+            continue
+        clash = next((other for key, other in names.items() if key.lower() == name.lower()), None)
+        if clash is not None:
+            where = lambda r: f"'{r.name}'" + (f" ({r.path})" if r.path is not None else "")
+            raise FastGDRError(
+                f"runs {where(clash)} and {where(run)} would both be saved as {BOP_CSV_DIR}/{name}: "
+                "give their eval folders distinct names (a run is named after the folder above 'eval')"
+            )
+        names[name] = run
+    return names
+
+
+def copy_results_csvs(runs: Sequence[RunSummary], folder: Path) -> list[str]:
+    """Copy each run's BOP results CSV (named in its inference.json) into ``folder`` under
+    :func:`results_csv_name`, never two runs to one file; the names written."""
+    names = []
+    for name, run in check_results_csv_names(runs).items():
+        if not run.results_csv.is_file():
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run.results_csv, folder / run.results_csv.name)
-        names.append(run.results_csv.name)
+        shutil.copyfile(run.results_csv, folder / name)
+        names.append(name)
     return names
+
+
+def _matmul_description(bench: BenchResult) -> str:
+    by_rois = bench.matmul.get("by_rois") or {}
+    if by_rois:
+        values = ", ".join(f"{v['gflop_per_s']:.1f} GFLOP/s at {rois} ROI{'s' if int(rois) > 1 else ''}"
+                           for rois, v in by_rois.items())
+        return f"; 2048² fp32 matmul timed in each round-robin: {values}"
+    matmul = bench.matmul_gflop_per_s
+    return f"; 2048² fp32 matmul {matmul:.1f} GFLOP/s (timed once, before the configurations)" if matmul else ""
 
 
 def _bench_description(source: str, bench: BenchResult) -> str:
     env, s = bench.environment, bench.settings
-    matmul = bench.matmul_gflop_per_s
     return (
         f"`{source}`: {env.get('device')} ({env.get('device_name')}), {env.get('threads')} threads, torch "
         f"{env.get('torch_version')}, {s.get('dtype')}, channels_last={s.get('channels_last')}, "
         f"compile={s.get('compile')}, fused ConvNeXt blocks={s.get('fused', False)}, median of {s.get('repeats')} after {s.get('warmup')} warm-up rounds"
-        + (f"; 2048² fp32 matmul {matmul:.1f} GFLOP/s" if matmul else "")
+        + _matmul_description(bench)
         + (f"; load average {env['load_average_1min']:.1f} on {env.get('cpu_count')} cores at the start"
            if env.get("load_average_1min") is not None else "")
     )
@@ -415,6 +470,7 @@ def build_report(
     use_bench = latency == "bench" or (latency == "auto" and bool(benches))
     if use_bench and not benches:
         raise FastGDRError("latency source 'bench' needs a benchmark folder (latency.json of tools/bench_latency.py)")
+    check_results_csv_names(runs)  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     candidates = latency_candidates(benches, rois, runtime)
@@ -452,11 +508,11 @@ def build_report(
         sections += ["## Speed vs accuracy", "No run has both an AR and a latency: no plot."]
     for source, bench in benches:
         sections += ["## Latency benchmark and speed targets", _bench_description(source, bench),
-                     targets_markdown(bench.targets())]
+                     TARGETS_TITLE + ".", targets_markdown(bench.targets())]
     copied = copy_results_csvs(runs, out / BOP_CSV_DIR)
     if copied:
         sections += ["## BOP results files", f"The runs' BOP-format result files (submission CSVs) are in "
-                     f"`{BOP_CSV_DIR}/`: " + ", ".join(f"`{name}`" for name in copied) + "."]
+                     f"`{BOP_CSV_DIR}/`, each named after its run: " + ", ".join(f"`{name}`" for name in copied) + "."]
     readme = out / "README.md"
     readme.write_text("\n\n".join(sections) + "\n")
     return Report(readme, plot, table)

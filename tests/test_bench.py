@@ -1,6 +1,7 @@
 """The latency protocol, the benchmark rows and files, the targets, and tools/bench_latency.py."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -28,7 +29,9 @@ from fastgdr.benchmark import (
     measure_latency,
     read_results,
     resolve_config,
+    round_ratios,
     run_benchmark,
+    time_round_robin,
     write_results,
 )
 
@@ -138,10 +141,11 @@ def test_tiny_benchmark_writes_well_formed_csv_and_json(tmp_path, one_thread):
     announced = []
     result = run_benchmark(configs, settings, announce=announced.append)
     lines = [line for line in announced if not line.startswith("warning: load average")]  # a busy machine
-    assert lines[0].startswith("matmul 2048² fp32") and lines[1].startswith("built [1/2] p: ")
-    assert lines[2].startswith("built [2/2] p28: ") and "exported to ONNX" in lines[2]
-    assert lines[3].startswith("timed 14 modules at 1 ROI round-robin") and lines[4].startswith("timed 14 modules at 2")
-    assert lines[5].startswith("[1/2] p (") and lines[6].startswith("[2/2] p28 (") and "ORT" in lines[6]
+    assert lines[0].startswith("built [1/2] p: ")
+    assert lines[1].startswith("built [2/2] p28: ") and "exported to ONNX" in lines[1]
+    assert lines[2].startswith("timed 14 modules and the 2048² fp32 matmul at 1 ROI round-robin")
+    assert lines[3].startswith("timed 14 modules and the 2048² fp32 matmul at 2 ROIs") and "GFLOP/s" in lines[3]
+    assert lines[4].startswith("[1/2] p (") and lines[5].startswith("[2/2] p28 (") and "ORT" in lines[5]
     csv_path, json_path = write_results(result, tmp_path / "bench")
 
     with csv_path.open() as f:
@@ -174,10 +178,19 @@ def test_tiny_benchmark_writes_well_formed_csv_and_json(tmp_path, one_thread):
     assert data["environment"]["torch_version"] == torch.__version__ and data["environment"]["device_name"]
     assert data["environment"]["load_average_1min"] >= 0 and data["environment"]["cpu_count"] >= 1
     assert data["matmul"]["size"] == 2048 and data["matmul"]["gflop_per_s"] > 0
+    # the matmul is timed inside each round-robin: one value per ROI count, in the rows of that measurement
+    by_rois = data["matmul"]["by_rois"]
+    assert set(by_rois) == {"1", "2"} and all(v["repeats"] == 2 and v["gflop_per_s"] > 0 for v in by_rois.values())
+    for r in rows:
+        assert float(r["matmul_gflop_per_s"]) == pytest.approx(by_rois[r["rois"]]["gflop_per_s"])
+    assert len(data["samples_ms"]["matmul/2"]) == 2 and len(data["samples_ms"]["p28/network/torch/1"]) == 2
+    assert "onnxruntime" not in "".join(data["samples_ms"])  # timed apart: no per-round pairing
+    spread = [t for t in data["targets"] if t["key"] == "p28_matmul"]
+    assert spread and all(t["rounds"] == 2 and t["round_q25"] <= t["round_q75"] for t in spread)
     assert set(data["configs"]) == {"p", "p28"} and data["configs"]["p28"]["model"]["input_res"] == 64
     assert {t["key"] for t in data["targets"]} >= {"p28_vs_bm", "p28_onnx", "p28_pipeline", "p28_matmul"}
     back = read_results(tmp_path / "bench")
-    assert back.rows == result.rows and back.configs == result.configs
+    assert back.rows == result.rows and back.configs == result.configs and back.samples == result.samples
     assert read_results(csv_path).rows == result.rows  # the CSV reads back exactly, typed
 
 
@@ -219,7 +232,7 @@ def test_targets_are_ratios_of_measured_rows():
         row("p28", "pipeline", median_ms=36.0), row("p28", rois=8, median_ms=100.0, gflops=14.4),
         row("bm", rois=8, median_ms=1000.0),
     ]
-    results = {(r.key, r.rois): r for r in evaluate_targets(rows, matmul_gflop_per_s=100.0)}
+    results = {(r.key, r.rois): r for r in evaluate_targets(rows)}
     assert results["p28_vs_bm", 1].measured == pytest.approx(0.15) and results["p28_vs_bm", 1].met is False
     assert ("p28_vs_bm", 8) not in results  # stated at 1 ROI only
     assert results["geo_head_p28_vs_p", 1].measured == pytest.approx(0.05) and results["geo_head_p28_vs_p", 1].met
@@ -231,13 +244,47 @@ def test_targets_are_ratios_of_measured_rows():
     assert missing.measured is None and missing.met is None and "not measured" in missing.note
     text = format_targets(list(results.values()))
     assert "≤ 0.10" in text and "≥ 0.60" in text and " no" in text and " yes" in text
+    # fastgdr's limits, with FAST GDRNPP's own values beside them
+    assert "0.175 (A100, 7-dataset mean)" in text and "1.89 / 3.8 ms ≈ 0.50" in text
 
 
 def test_targets_pair_rows_of_one_device_and_dtype():
     rows = [row("p28", median_ms=20.0, device="cuda"), row("bm", median_ms=100.0, device="cpu")]
-    (result,) = [r for r in evaluate_targets(rows, None) if r.key == "p28_vs_bm"]
+    (result,) = [r for r in evaluate_targets(rows) if r.key == "p28_vs_bm"]
     assert result.measured is None
-    assert all(r.measured is None for r in evaluate_targets(rows, None) if r.key == "p28_matmul")
+    rows[0] = dataclasses.replace(rows[0], matmul_gflop_per_s=float("nan"))  # no matmul in that measurement
+    assert all(r.measured is None for r in evaluate_targets(rows) if r.key == "p28_matmul")
+
+
+def test_each_ratio_has_the_spread_of_its_per_round_ratios():
+    """Round k of a round-robin times every call once: the ratios of round k are paired."""
+    rows = [row("p28", median_ms=30.0, gflops=3.0), row("bm", median_ms=300.0), row("p28", runtime="onnxruntime")]
+    samples = {
+        "p28/network/torch/1": [20.0, 30.0, 30.0, 40.0, 30.0],
+        "bm/network/torch/1": [200.0, 300.0, 250.0, 400.0, 300.0],  # the machine slows both in rounds 1 and 4
+        "matmul/1": [10.0, 20.0, 20.0, 20.0, 40.0],
+    }
+    results = {r.key: r for r in evaluate_targets(rows, samples)}
+    bm = results["p28_vs_bm"]
+    assert bm.measured == pytest.approx(0.1) and bm.rounds == 5
+    q25, q75 = np.percentile([0.1, 0.1, 0.12, 0.1, 0.1], [25, 75])
+    assert (bm.round_q25, bm.round_q75) == pytest.approx((q25, q75))
+    # GFLOP/s of P28 over the matmul's, round by round: (3 / t) / (2·2048³ / 1e9 / m)
+    flops = 2 * 2048**3 / 1e9
+    per_round = [(3.0 / (t / 1e3)) / (flops / (m / 1e3)) for t, m in zip(samples["p28/network/torch/1"], samples["matmul/1"])]
+    matmul = results["p28_matmul"]
+    assert (matmul.round_q25, matmul.round_q75) == pytest.approx(tuple(np.percentile(per_round, [25, 75])))
+    assert results["p28_onnx"].rounds == 0 and results["p28_onnx"].round_q25 is None  # not paired with eager rounds
+    assert "(IQR of 5 rounds)" in format_targets([bm])
+
+
+def test_round_robin_samples_are_paired_by_round():
+    a, b = time_round_robin([lambda: None, lambda: None], "cpu", warmup=1, repeats=3,
+                            clock=fake_clock([1, 10, 2, 20, 4, 40]))
+    assert (a, b) == (pytest.approx([1.0, 2.0, 4.0]), pytest.approx([10.0, 20.0, 40.0]))
+    assert round_ratios(a, b) == pytest.approx([0.1, 0.1, 0.1])
+    with pytest.raises(ValueError, match="paired samples"):
+        round_ratios([1.0], [1.0, 2.0])
 
 
 def test_results_file_errors(tmp_path):
@@ -284,7 +331,7 @@ def test_tool_times_and_prints_targets(tmp_path):
                       "--modules", "network,pipeline,refine_icp", "--onnx", "--out", str(tmp_path), *TINY, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "[1/1] p28 (" in out and "targets (ratios measured on this machine)" in out
+    assert "[1/1] p28 (" in out and "fastgdr's speed targets (the project's own limits" in out
     assert "P28 per-image pipeline / network" in out and "P28 ONNX Runtime / eager latency" in out
     rows = list(csv.DictReader((tmp_path / "latency.csv").open()))
     assert [(r["module"], r["runtime"]) for r in rows] == [

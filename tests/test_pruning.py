@@ -320,19 +320,35 @@ def test_d_outside_the_groups_is_refused(geo_d, pnp_d, message):
         pruned_widths(PruningBase.of(gdrnpp), gdrnpp, geo_d, pnp_d)
 
 
-def test_gdrnpp_widths_at_d28_and_d16_are_the_p28_config():
+def test_gdrnpp_widths_at_d28_are_the_p28_config_and_pnp16_has_its_own_name():
     gdrnpp = ModelConfig()
-    geo, pnp = pruned_widths(PruningBase.of(gdrnpp), gdrnpp, 28, 16)
-    p28 = load_config(REPO / "configs/p28.yaml").model
-    assert (geo, pnp) == (p28.geo_head, p28.pnp)
-    assert load_config(REPO / "configs/n28.yaml").model.geo_head == geo
-    assert load_config(REPO / "configs/p28.yaml").train.epochs == 15
+    head_only = pruned_widths(PruningBase.of(gdrnpp), gdrnpp, 28, 0)
+    both = pruned_widths(PruningBase.of(gdrnpp), gdrnpp, 28, 16)
+    for name in ("p28", "n28"):  # FAST GDRNPP's l1_geo28_pnp0_region64: the head only
+        cfg = load_config(REPO / f"configs/{name}.yaml")
+        assert (cfg.model.geo_head, cfg.model.pnp) == head_only and cfg.model.pnp == gdrnpp.pnp
+        assert cfg.train.epochs == 15
+        pnp16 = load_config(REPO / f"configs/{name}_pnp16.yaml")
+        assert (pnp16.model.geo_head, pnp16.model.pnp) == both
+        assert pnp16.model.backbone.name == cfg.model.backbone.name
     _, pnp_fc = pruned_widths(PruningBase.of(gdrnpp), gdrnpp, 28, 16, prune_fc=True)
     assert pnp_fc.fc_widths == (960, 192)
 
 
+# FAST GDRNPP's Table 5 (YCB-V, 21 classes), in M parameters; the Patch-PnP-pruned variants are ours
+TABLE5_PARAMS_M = {"bm": 102.87, "n": 29.41, "p": 22.68, "n28": 24.30, "p28": 17.83,
+                   "n28_pnp16": 19.84, "p28_pnp16": 13.38}
+
+
+@pytest.mark.parametrize("name", TABLE5_PARAMS_M)
+def test_parameter_counts_at_21_classes_are_table5s(name):
+    cfg = load_config(REPO / f"configs/{name}.yaml", ["model.num_classes=21"]).model
+    model = GDRNPoseNet.from_config(cfg, init_heads=False, read_pretrained=False)
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(TABLE5_PARAMS_M[name], abs=0.005)
+
+
 def test_a_d28_checkpoint_cannot_be_pruned_to_d20():
-    p28 = load_config(REPO / "configs/p28.yaml").model
+    p28 = load_config(REPO / "configs/p28_pnp16.yaml").model
     with pytest.raises(PruningError) as err:
         pruned_widths(PruningBase.of(ModelConfig()), p28, 20, 16)
     assert str(err.value) == (
@@ -390,4 +406,4 @@ def test_tool_prints_before_and_after_and_writes_a_loadable_checkpoint(tmp_path,
 
 def test_tool_help_has_examples():
     result = prune_tool("--help")
-    assert result.returncode == 0 and "Examples:" in result.stdout and "--geo-d 28 --pnp-d 16" in result.stdout
+    assert result.returncode == 0 and "Examples:" in result.stdout and "--geo-d 28 --out" in result.stdout

@@ -163,8 +163,9 @@ def test_report_writes_markdown_plot_and_targets(bench, runs, tmp_path):
     assert report.plot.stat().st_size > 1000 and report.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = report.readme.read_text()
     assert "![AR vs latency](speed_accuracy.png)" in text and "| other |" in text
-    assert "| P28 network / BM network latency | 1 | 0.083 | ≤ 0.10 | yes |" in text
-    assert "| P28 per-image pipeline / network (≤ 1.10: adds ≤ 10 %) | 1 | 1.200 | ≤ 1.10 | no |" in text
+    assert "| P28 network / BM network latency | 1 | 0.083 | – | ≤ 0.10 | yes | 0.175 (A100, 7-dataset mean) |" in text
+    assert "| P28 per-image pipeline / network (≤ 1.10: adds ≤ 10 %) | 1 | 1.200 | – | ≤ 1.10 | no | – |" in text
+    assert "fastgdr's speed targets (the project's own limits" in text
     assert "not measured" in text  # N28/N: no rows
 
     own = build_report(summaries, [], tmp_path / "own")  # no benchmark: each run's own time per image
@@ -201,3 +202,37 @@ def test_seed_spread_groups_runs_that_differ_only_in_their_seed():
     assert "| p | 0, 1 | 0.200 (0.100–0.300) | 0.300 (0.200–0.400) |" in table
     assert "kd" not in table and "teacher" not in table  # one seed, or no seed: no spread
     assert seed_spread_markdown(runs[2:]) is None
+
+
+def csv_eval_dir(root, name, method, rows="1,0,1,0.9,1 0 0 0 1 0 0 0 1,0 0 500,0.1\n"):
+    """An eval folder of tools/test.py run with ``--method method``, its results CSV beside it."""
+    run = make_eval_dir(root, name, 0.3, (CONFIGS / "p.yaml").read_text())
+    csv = run / f"{method}_synth-test.csv"
+    csv.write_text("scene_id,im_id,obj_id,score,R,t,time\n" + rows)
+    inference = json.loads((run / "inference.json").read_text())
+    (run / "inference.json").write_text(json.dumps({**inference, "results_csv": csv.name}))
+    return run
+
+
+def test_results_csvs_are_named_per_run_and_never_overwrite_each_other(tmp_path):
+    """Three evaluations of one model with one --method (plain, refined, ICP) keep three files."""
+    runs = [csv_eval_dir(tmp_path / "runs", name, "p-cpu", rows=f"1,0,1,0.9,1 0 0 0 1 0 0 0 1,0 0 {z},0.1\n")
+            for name, z in (("P", 500), ("P-R", 510), ("p_icp", 520))]
+    report = build_report([read_eval_dir(run) for run in runs], [], tmp_path / "report")
+    folder = tmp_path / "report" / "bop_results"
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "P-R_synth-test.csv", "P_synth-test.csv", "p-icp_synth-test.csv"]
+    for run, name in zip(runs, ("P_synth-test.csv", "P-R_synth-test.csv", "p-icp_synth-test.csv")):
+        assert (folder / name).read_text() == (run / "p-cpu_synth-test.csv").read_text()
+    assert "`P_synth-test.csv`, `P-R_synth-test.csv`, `p-icp_synth-test.csv`" in report.readme.read_text()
+
+
+@pytest.mark.parametrize("names", [("p_seed0", "p-seed0"), ("teacher", "Teacher")])
+def test_runs_that_would_share_a_results_file_are_refused(tmp_path, names):
+    runs = [csv_eval_dir(tmp_path / f"r{i}", name, "fastgdr") for i, name in enumerate(names)]
+    with pytest.raises(FastGDRError, match=r"would both be saved as bop_results/.*_synth-test.csv: give their eval"):
+        build_report([read_eval_dir(run) for run in runs], [], tmp_path / "report")
+    assert not (tmp_path / "report").exists()  # refused before anything is written
+    tool = subprocess.run([sys.executable, str(REPO / "tools/report.py"), *map(str, runs), "--out",
+                           str(tmp_path / "rep")], capture_output=True, text=True)
+    assert tool.returncode == 2 and "would both be saved as" in tool.stderr and "Traceback" not in tool.stderr

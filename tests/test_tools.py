@@ -56,3 +56,11 @@ def test_bad_input_is_one_clear_message(args, message):
 def test_unknown_backbone_message_lists_presets():
     result = model_info("--config", "configs/p.yaml", "model.backbone.name=P28x")
     assert "Presets: BM, S, T, N, P, A, EB0, ES, R34, FViT0" in result.stderr
+
+
+def test_model_info_prints_table5s_p28_at_21_classes():
+    """FAST GDRNPP's P28 (Table 5) prunes the geometric head only: 17.83 M parameters on YCB-V."""
+    result = model_info("--config", str(REPO / "configs/p28.yaml"), "--num-classes", "21")
+    assert result.returncode == 0, result.stderr
+    total = [line.split() for line in result.stdout.splitlines() if line.startswith("total")][0]
+    assert total[1] == "17.833"

@@ -1,7 +1,7 @@
 """Time pose networks end to end and per module; print the speed targets as measured.
 
 Examples:
-  python tools/bench_latency.py --configs bm,n,n28,p,p28 --rois 1,8 --device cpu --out bench/
+  python tools/bench_latency.py --configs bm,n,n28,n28_pnp16,p,p28,p28_pnp16 --rois 1,8 --device cpu --out bench/
   python tools/bench_latency.py --configs p,p28 --rois 1 --repeats 5 --onnx --out bench/smoke
   python tools/bench_latency.py --configs bm,p28 --rois 1 --no-fuse --out bench/reference
   python tools/bench_latency.py --configs bm,p28 --rois 1 --compile --out bench/compiled
@@ -25,8 +25,11 @@ rounds, then --repeats rounds with all modules of all configurations timed round
 state: a network timed alone on a shared CPU drifts by 20 % within a minute);
 perf_counter stamps on the CPU, CUDA events with the device synchronized around each call
 on a GPU; median, p90, IQR and standard deviation. A 2048^2 fp32 matrix product is timed
-the same way: every row's achieved GFLOP/s (GFLOPs / median) is reported as a fraction of
-it. --onnx also times the exported network (fp32) under ONNX Runtime on the CPU.
+as the last call of every round of the same measurement: every row's achieved GFLOP/s
+(GFLOPs / median) is reported as a fraction of it. --onnx also times the exported network
+(fp32) under ONNX Runtime on the CPU (in its own process, after the round-robin).
+P28 and N28 are FAST GDRNPP's (geometric head D=28); p28_pnp16 and n28_pnp16 also prune
+Patch-PnP (D=16).
 
 The process restarts itself once with MALLOC_MMAP_THRESHOLD_=1000000000 and
 MALLOC_TRIM_THRESHOLD_=1000000000 (glibc's default allocator makes batched CPU timings
@@ -36,8 +39,10 @@ without them (they slow it at batch 1).
 Writes OUT/latency.csv (one row per configuration, module, runtime and ROI count) and
 OUT/latency.json (the rows, device, threads, versions, settings, configs, targets), prints a
 line per configuration built, a progress bar and a line per ROI count timed, a line per
-configuration with its network latencies, the rows, and the targets (measured ratio, target,
-met).
+configuration with its network latencies, the rows, and fastgdr's speed targets (measured
+ratio, the interquartile range of the per-round ratios, the target, met, and FAST GDRNPP's
+own value where the paper gives one). The load average at the start is recorded in
+latency.json (and a warning printed when it is above half the cores).
 Bad input (unknown config, dtype or device) exits with status 2, and so does an OUT that
 holds the results of an earlier run (replace them with --overwrite).
 """
@@ -57,6 +62,7 @@ from fastgdr.benchmark import (
     MODULES,
     RESULTS_CSV,
     RESULTS_JSON,
+    TARGETS_TITLE,
     BenchmarkError,
     BenchSettings,
     format_rows,
@@ -79,7 +85,8 @@ def parse_args() -> argparse.Namespace:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--configs", default="bm,n,n28,p,p28", help="comma-separated config names or YAML paths")
+    parser.add_argument("--configs", default="bm,n,n28,n28_pnp16,p,p28,p28_pnp16",
+                        help="comma-separated config names or YAML paths")
     parser.add_argument("--rois", default="1,8", help="comma-separated ROI counts per forward (default 1,8)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index> (default cpu)")
     parser.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16 (weights and network inputs)")
@@ -142,7 +149,7 @@ def main() -> int:
     print()
     print(format_rows(result.rows))
     print()
-    print("targets (ratios measured on this machine)")
+    print(TARGETS_TITLE)
     print(format_targets(result.targets()))
     print(f"\nwrote {csv_path} and {json_path}")
     return 0

@@ -3,22 +3,28 @@
 Examples:
   # FAST GDRNPP's feature distillation and ADLP's optimal transport, from a BM teacher
   python tools/distill.py --teacher runs/bm/model_final.pth --config configs/p.yaml \\
-      --data datasets/synth --out runs/p_kd kd.feature.weight=1 kd.ot.weight=5
+      --data datasets/synth --out runs/p_kd kd.feature.weight=1 kd.ot.weight=1
   # an official GDRNPP checkpoint as the teacher (it carries no config)
   python tools/distill.py --teacher gdrnpp_lmo.pth --teacher-config configs/bm.yaml \\
       --config configs/p.yaml --data /data/bop/lmo --out runs/lmo_p_kd kd.feature.weight=1
-  # uncertainty-aware: an ensemble of teachers down-weights what they disagree on
+  # uncertainty-aware (UA-KD): a deep ensemble of teachers down-weights what they disagree on
   python tools/distill.py --teacher runs/t1/model_final.pth --teacher runs/t2/model_final.pth \\
       --config configs/p.yaml --data datasets/synth --out runs/p_uakd \\
-      kd.ot.weight=5 kd.uncertainty.enabled=true kd.uncertainty.feature_weight=1
-  # the naive per-cell baseline; unbalanced OT on the 256 most visible cells
+      kd.ot.weight=1 kd.uncertainty.enabled=true kd.uncertainty.feature_weight=1
+  # ... with a single teacher: perturbed crops instead of an ensemble (the labelled fallback)
+  python tools/distill.py --teacher runs/t1/model_final.pth ... kd.ot.weight=1 kd.uncertainty.enabled=true \\
+      kd.uncertainty.source=tta
+  # the naive per-cell baseline; the joint 5-D OT variant on pooled cells instead of ADLP's
   python tools/distill.py ... kd.naive.weight=1
-  python tools/distill.py ... kd.ot.weight=5 kd.ot.reach=0.5 kd.ot.sampling=topk kd.ot.topk=256
+  python tools/distill.py ... kd.ot.weight=5 kd.ot.sampling=pool kd.ot.blur=0.05 kd.ot.reach=null
 
 Terms (weights in the config's kd section, all 0 by default): kd.feature (1x1 adapter +
-standardised-feature MSE), kd.ot (Sinkhorn divergence between local predictions weighted by
-the visible masks), kd.naive (per-cell L1/L2), kd.uncertainty (teacher-ensemble or
-test-time-augmentation confidence in the OT masses, and a feature term at confident cells).
+standardised-feature MSE), kd.ot (ADLP's setting: one unbalanced Sinkhorn divergence per
+surface region between the image positions of the cells that see it, weighted by visible
+mask x region probability), kd.naive (per-cell L1/L2), kd.uncertainty (a teacher ensemble's
+confidence in the OT masses, and features distilled at the cells the OT plan pairs).
+The OT weight has its own scale (ADLP's 5 was for its keypoint loss): tune it
+(benchmarks/acceleration_study.py does).
 The teachers run frozen, without gradients, on the student's crops; kd.teacher_precision=
 bfloat16 makes them cheaper. Everything else is tools/train.py: the same run folder, logs
 (each kd term separately), --resume, --overwrite, torchrun; a teacher or --init is never

@@ -1,9 +1,10 @@
 """Prune a pose network's geometric head and Patch-PnP (L1 norm, whole GroupNorm groups).
 
 Examples:
-  python tools/prune.py --ckpt runs/p/model_final.pth --geo-d 28 --pnp-d 16 --out runs/p28/pruned.pth
-  python tools/train.py --config configs/p28.yaml --init runs/p28/pruned.pth --out runs/p28 --data datasets/synth
-  python tools/prune.py --ckpt runs/n/model_final.pth --geo-d 28 --pnp-d 16 --prune-fc --out runs/n28/pruned.pth
+  python tools/prune.py --ckpt runs/p/model_final.pth --geo-d 28 --out runs/p28/pruned.pth
+  python tools/train.py --config runs/p28/pruned.yaml --init runs/p28/pruned.pth --out runs/p28 --data datasets/synth
+  python tools/prune.py --ckpt runs/p/model_final.pth --geo-d 28 --pnp-d 16 --out runs/p28_pnp16/pruned.pth
+  python tools/prune.py --ckpt runs/n/model_final.pth --geo-d 28 --pnp-d 16 --prune-fc --out runs/n28_fc/pruned.pth
   python tools/prune.py --ckpt runs/p/model_final.pth --geo-d 16 --granularity filter --out runs/p16f/pruned.pth
   python tools/prune.py --ckpt gdrnpp_lmo.pth --config configs/bm.yaml --geo-d 28 --out runs/bm28/pruned.pth \\
       model.num_classes=8
@@ -12,7 +13,9 @@ Examples:
 256 channels in 32 groups of 8 become 256 - 8D in 32 - D groups), --pnp-d D from each
 Patch-PnP conv (128 in 32 groups of 4 become 128 - 4D); D counts from the unpruned
 network, so a pruned checkpoint can only be pruned further. The largest-L1 groups (or,
-with --granularity filter, filters) are kept in their original order.
+with --granularity filter, filters) are kept in their original order. FAST GDRNPP's P28 and
+N28 (configs/p28.yaml, n28.yaml) are --geo-d 28 alone; configs/p28_pnp16.yaml and
+n28_pnp16.yaml add --pnp-d 16.
 
 OUT receives the state dict, the full config with the pruned widths and a "pruning"
 record; the resolved config is written beside it (OUT with the suffix .yaml). Existing

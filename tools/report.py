@@ -12,8 +12,10 @@ than the run's CSV, or a CSV changed since it was scored (scores_bop19.json reco
 and SHA-256), are stale and refused with the command that rescores them.
 Writes OUT/README.md (the table, the plot, the benchmark's speed targets),
 OUT/speed_accuracy.png (AR over latency, one labelled point per run, the Pareto front drawn)
-and OUT/bop_results/ (a copy of every run's BOP results CSV); an earlier report in OUT is
-replaced only with --overwrite.
+and OUT/bop_results/ (a copy of every run's BOP results CSV, named after the run:
+RUN_DATASET-SPLIT.csv, '_' in RUN written '-'); two runs that would get one file name (the
+same run name, up to '_'/'-' and letter case) are refused before anything is written. An
+earlier report in OUT is replaced only with --overwrite.
 Runs named NAME_seedK (e.g. runs/p_seed0, runs/p_seed1) are also summarized per NAME:
 mean and min-max over the seeds.
 
@@ -34,7 +36,7 @@ from fastgdr.benchmark import RESULTS_JSON, read_results
 from fastgdr.cli import run_tool
 from fastgdr.errors import FastGDRError
 from fastgdr.outputs import check_out_dir, claim_outputs, remove_outputs
-from fastgdr.report import REPORT_FILES, build_report, read_eval_dir
+from fastgdr.report import REPORT_FILES, build_report, check_results_csv_names, read_eval_dir
 
 
 def is_benchmark(path: Path) -> bool:
@@ -62,6 +64,7 @@ def main() -> int:
         notes = args.notes.read_text().strip()
     benches = [(str(path), read_results(path)) for path in args.inputs if is_benchmark(path)]
     runs = [read_eval_dir(path) for path in args.inputs if not is_benchmark(path)]
+    check_results_csv_names(runs)  # refused before the earlier report is removed
     remove_outputs(existing)  # --overwrite: no copies of earlier runs' CSVs stay behind
     report = build_report(runs, benches, args.out, args.rois, args.runtime, args.latency, notes)
     print(report.table)

@@ -5,8 +5,9 @@ checkpoints, any backbone) on exactly the crops the student sees, without gradie
 only as far as the enabled terms need (backbone only for feature distillation). The
 :class:`Distiller` owns the 1×1 feature adapter (trained with its own learning rate, never
 part of the saved student) and turns teacher and student outputs into the weighted loss
-terms ``kd_feature``, ``kd_ot``, ``kd_naive`` and ``kd_ua_feature`` that the trainer adds
-to the GDRNPP losses and logs separately.
+terms ``kd_feature``, ``kd_ot``, ``kd_naive`` and ``kd_ua_feature`` (UA-KD's feature term
+at the cells the OT plan pairs) that the trainer adds to the GDRNPP losses and logs
+separately.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ from fastgdr.config import Config, KDConfig, ModelConfig, from_dict, load_config
 from fastgdr.errors import CheckpointError, ConfigError
 from fastgdr.losses.distillation import (
     EnsemblePrediction,
+    WeightedPoints,
     ensemble_confidence,
     feature_distillation_loss,
     local_prediction_points,
     naive_distillation_loss,
     ot_distillation_loss,
+    ot_paired_feature_loss,
+    region_prediction_points,
+    sample_features,
+    standardize_spatial,
 )
 from fastgdr.models import GDRNPoseNet
 from fastgdr.models.fusion import fuse_for_inference
@@ -81,9 +87,10 @@ class TeacherOutputs:
     Attributes:
         features: [B, C_t, h, w] backbone features of the first teacher on the unperturbed
             crop (None when no feature term is on).
-        dense: coordinates and visible mask — the mean over several teachers, the first
-            teacher's on the unperturbed crop otherwise — with their per-cell confidence
-            (1 without an uncertainty estimate); None when no prediction term is on.
+        dense: coordinates, visible mask and (for region OT sets) region probabilities —
+            the mean over several teachers, the first teacher's on the unperturbed crop
+            otherwise — with their per-cell confidence (1 without an uncertainty estimate);
+            None when no prediction term is on.
     """
 
     features: Tensor | None
@@ -113,12 +120,25 @@ class TeacherEnsemble:
                     f"teacher {path} predicts {teacher_classes} classes, the student {student_classes}: "
                     "both must be trained on the same objects"
                 )
+        uncertainty = kd.uncertainty
+        self.needs_confidence = uncertainty.enabled
+        if self.needs_confidence and uncertainty.source == "ensemble" and len(models) < 2:
+            raise ConfigError(
+                "kd.uncertainty.source=ensemble (UA-KD's deep ensemble, the default) needs at least two teachers "
+                "(tools/distill.py --teacher A.pth --teacher B.pth); with a single teacher set "
+                "kd.uncertainty.source=tta (perturbed crops, the single-teacher fallback)"
+            )
+        if self.needs_confidence and uncertainty.source == "tta" and len(models) > 1:
+            raise ConfigError(
+                f"kd.uncertainty.source=tta is the single-teacher fallback, but {len(models)} teachers are given: "
+                "use kd.uncertainty.source=ensemble"
+            )
         self.models = models
         self.flip_channels = [cfg.input.channel_order != student_cfg.input.channel_order for cfg in configs]
         self.kd = kd
-        self.needs_features = kd.feature.weight > 0 or kd.uncertainty.feature_weight > 0
-        self.needs_dense = kd.ot.weight > 0 or kd.naive.weight > 0 or kd.uncertainty.feature_weight > 0
-        self.needs_confidence = kd.uncertainty.enabled or kd.uncertainty.feature_weight > 0
+        self.needs_features = kd.feature.weight > 0 or uncertainty.feature_weight > 0
+        self.needs_dense = kd.ot.weight > 0 or kd.naive.weight > 0 or uncertainty.feature_weight > 0
+        self.needs_region = kd.ot.sampling == "region" and (kd.ot.weight > 0 or uncertainty.feature_weight > 0)
 
     @property
     def feature_channels(self) -> int:
@@ -132,26 +152,32 @@ class TeacherEnsemble:
     def __call__(self, images: Tensor, roi_classes: Tensor) -> TeacherOutputs:
         """Teacher outputs for [B, 3, S, S] crops in [0, 1] in the student's channel order."""
         members = self._member_inputs(images)
-        features, member_xyz, member_mask = None, [], []
+        features, member_xyz, member_mask, member_region = None, [], [], []
         for index, (model, crops) in enumerate(members):
             with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.kd.teacher_precision == "bfloat16"):
                 member_features = model.extract_features(crops)
                 if self.needs_dense:
-                    mask, _, xyz, _ = model.dense_predictions(member_features, roi_classes)
+                    mask, _, xyz, region = model.dense_predictions(member_features, roi_classes)
             if index == 0 and self.needs_features:
                 features = member_features.float()
             if self.needs_dense:
                 member_xyz.append(xyz.float())
                 member_mask.append(mask.float())
+                if self.needs_region:
+                    member_region.append(torch.softmax(region.float()[:, 1:], dim=1))
         if not self.needs_dense:
             return TeacherOutputs(features, None)
+        regions = torch.stack(member_region) if member_region else None
         if len(member_xyz) == 1:
             xyz, mask = member_xyz[0], member_mask[0]
             ones = torch.ones_like(mask)
-            return TeacherOutputs(features, EnsemblePrediction(xyz, mask, torch.zeros_like(mask), ones))
-        dense = ensemble_confidence(torch.stack(member_xyz), torch.stack(member_mask), self.kd.uncertainty.temperature)
+            region = regions[0] if regions is not None else None
+            return TeacherOutputs(features, EnsemblePrediction(xyz, mask, torch.zeros_like(mask), ones, region))
+        dense = ensemble_confidence(torch.stack(member_xyz), torch.stack(member_mask), self.kd.uncertainty.temperature,
+                                    regions)
         if len(self.models) == 1:  # perturbed copies only estimate the uncertainty of the clean crop's prediction
-            dense = replace(dense, xyz=member_xyz[0], mask=member_mask[0])
+            dense = replace(dense, xyz=member_xyz[0], mask=member_mask[0],
+                            region=regions[0] if regions is not None else None)
         return TeacherOutputs(features, dense)
 
     def _member_inputs(self, images: Tensor) -> list[tuple[GDRNPoseNet, Tensor]]:
@@ -163,7 +189,7 @@ class TeacherEnsemble:
 
         if not self.needs_dense:
             return [(self.models[0], in_order(0, images))]
-        if len(self.models) > 1 or not self.needs_confidence:
+        if not self.needs_confidence or self.kd.uncertainty.source == "ensemble":
             return [(model, in_order(i, images)) for i, model in enumerate(self.models)]
         uncertainty = self.kd.uncertainty
         copies = [images] + [
@@ -205,8 +231,14 @@ class Distiller(nn.Module):
         self.teachers = teachers
         self.adapter = build_feature_adapter(student_channels, teachers.feature_channels) if teachers.needs_features else None
 
-    def forward(self, images: Tensor, roi_classes: Tensor, student: PoseNetOutput) -> dict[str, Tensor]:
-        """Weighted loss terms (only the enabled ones) for a batch the student has seen."""
+    def forward(
+        self, images: Tensor, roi_classes: Tensor, student: PoseNetOutput, roi_coord_2d: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Weighted loss terms (only the enabled ones) for a batch the student has seen.
+
+        ``roi_coord_2d`` ([B, 2, s, s], the network's input): the image-normalised cell
+        positions of ADLP's region sets; without it they are positions in the crop.
+        """
         kd = self.kd
         teacher = self.teachers(images, roi_classes)
         losses: dict[str, Tensor] = {}
@@ -216,25 +248,46 @@ class Distiller(nn.Module):
         if teacher.dense is None:
             return losses
         dense = teacher.dense
-        if kd.ot.weight > 0:
-            teacher_mass = dense.mask * dense.confidence if kd.uncertainty.enabled else dense.mask
-            student_mask = student.visible_mask.detach() if kd.ot.detach_masses else student.visible_mask
-            sets = [
-                local_prediction_points(xyz, mask, kd.ot.sampling, kd.ot.grid, kd.ot.topk, kd.ot.position_scale)
-                for xyz, mask in ((student.xyz, student_mask), (dense.xyz, teacher_mass))
-            ]
-            losses["kd_ot"] = kd.ot.weight * ot_distillation_loss(*sets, kd.ot.blur, kd.ot.reach, kd.ot.scaling)
+        if kd.ot.weight > 0 or kd.uncertainty.feature_weight > 0:
+            student_set, teacher_set = self.prediction_sets(student, dense, roi_coord_2d)
+            if kd.ot.weight > 0:
+                losses["kd_ot"] = kd.ot.weight * ot_distillation_loss(
+                    student_set, teacher_set, kd.ot.blur, kd.ot.reach, kd.ot.scaling)
+            if kd.uncertainty.feature_weight > 0:
+                student_features = sample_features(standardize_spatial(adapted), student_set.locations)
+                teacher_features = sample_features(standardize_spatial(teacher.features), teacher_set.locations)
+                plan_blur = kd.uncertainty.plan_blur or kd.ot.blur
+                losses["kd_ua_feature"] = kd.uncertainty.feature_weight * ot_paired_feature_loss(
+                    student_set, teacher_set, student_features, teacher_features, plan_blur, kd.ot.reach, kd.ot.scaling)
         if kd.naive.weight > 0:
             losses["kd_naive"] = kd.naive.weight * naive_distillation_loss(
                 student.xyz, student.visible_mask, dense.xyz, dense.mask, kd.naive.norm, kd.naive.mask_weight
             )
-        if kd.uncertainty.feature_weight > 0:
-            confident_object = dense.mask.clamp(0.0, 1.0) * dense.confidence
-            cell_weights = F.adaptive_avg_pool2d(confident_object, adapted.shape[-2:])
-            losses["kd_ua_feature"] = kd.uncertainty.feature_weight * feature_distillation_loss(
-                adapted, teacher.features, cell_weights
-            )
         return losses
+
+    def prediction_sets(
+        self, student: PoseNetOutput, dense: EnsemblePrediction, roi_coord_2d: Tensor | None
+    ) -> tuple[WeightedPoints, WeightedPoints]:
+        """The student's and the teachers' local predictions as the point sets ``kd.ot``
+        describes; the teachers' masses carry their confidence with ``kd.uncertainty.enabled``."""
+        ot = self.kd.ot
+        teacher_mask = dense.mask * dense.confidence if self.kd.uncertainty.enabled else dense.mask
+        student_mask = student.visible_mask.detach() if ot.detach_masses else student.visible_mask
+        if ot.sampling != "region":
+            return tuple(  # type: ignore[return-value]
+                local_prediction_points(xyz, mask, ot.sampling, ot.grid, ot.topk, ot.position_scale)
+                for xyz, mask in ((student.xyz, student_mask), (dense.xyz, teacher_mask))
+            )
+        student_region = torch.softmax(student.region[:, 1:], dim=1)
+        if ot.detach_masses:
+            student_region = student_region.detach()
+        with_xyz = ot.region_points == "uvxyz"
+        return tuple(  # type: ignore[return-value]
+            region_prediction_points(mask, region, roi_coord_2d, xyz if with_xyz else None, ot.region_topk,
+                                     ot.position_scale)
+            for xyz, mask, region in ((student.xyz, student_mask, student_region),
+                                      (dense.xyz, teacher_mask, dense.region))
+        )
 
 
 def build_distiller(cfg: Config, student: GDRNPoseNet, device: torch.device) -> Distiller:

@@ -439,7 +439,7 @@ def train(
                 cfg.train.loss_weights, cfg.train.pnp_teacher_forcing,
             ))
         if distill_step is not None:
-            losses.update(distill_step(images, roi_classes, out))
+            losses.update(distill_step(images, roi_classes, out, batch["roi_coord_2d"].to(device)))
         loss = total_loss(losses)
         check_loss(loss, losses, iteration + 1, checkpoint_path)
         optimizer.zero_grad(set_to_none=True)
