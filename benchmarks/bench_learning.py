@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--points", type=int, default=4, help="evaluations along the run, the last at the end")
     parser.add_argument("--decoders", default="patchpnp,epnp-rot", help="comma-separated pose decoders to evaluate")
-    parser.add_argument("--decoder", default="epnp-rot", choices=list(DECODERS), help="decoder of the last line")
+    parser.add_argument("--decoder", default="patchpnp", choices=list(DECODERS), help="decoder of the last line")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides (after the defaults above)")
     return parser.parse_args()
 
