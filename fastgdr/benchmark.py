@@ -241,14 +241,6 @@ def matmul_call(device: torch.device | str, size: int = MATMUL_SIZE) -> Callable
     return partial(torch.mm, a, b)
 
 
-def measure_matmul(
-    device: torch.device | str, size: int = MATMUL_SIZE, warmup: int = 3, repeats: int = 10
-) -> tuple[LatencyStats, float]:
-    """Latency and GFLOP/s (2·n³ FLOPs, median time) of an n × n fp32 matrix product, alone."""
-    (stats,) = measure_latency([matmul_call(device, size)], device, warmup, repeats)
-    return stats, matmul_flops(size) / 1e9 / (stats.median_ms / 1e3)
-
-
 # --------------------------------------------------------------------------- inputs
 
 
@@ -954,9 +946,9 @@ def _round_spread(
         bottom = None if matmul_ms is None else matmul_flops() / 1e9 / (np.asarray(matmul_ms, dtype=np.float64) / 1e3)
     else:
         bottom = _round_values(den, target.denominator.value, samples)
-    if top is None or bottom is None or len(top) != len(bottom):
+    if top is None or bottom is None or len(top) != len(bottom) or not len(top):
         return None, None, 0
-    q25, q75 = np.percentile(top / bottom, [25, 75])
+    q25, q75 = np.percentile(round_ratios(top, bottom), [25, 75])
     return float(q25), float(q75), len(top)
 
 

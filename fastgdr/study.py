@@ -39,7 +39,6 @@ gap, P28 within 1 AR point of P) measured; every BOP results CSV copied under it
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from dataclasses import dataclass, field, replace
@@ -283,7 +282,7 @@ class StageBuilder:
             return time_budget(s.minutes)
         return iteration_budget(plan.reference_iterations[seed])
 
-    def fine_tune_budget(self, parent: str, seed: int, plan: StudyPlan) -> tuple[str, ...]:
+    def fine_tune_budget(self, seed: int, plan: StudyPlan) -> tuple[str, ...]:
         s = self.s
         if s.iterations is not None:
             return iteration_budget(fine_tune_iterations(s.iterations))
@@ -367,7 +366,7 @@ class StageBuilder:
                            "--out", str(pruned), "--repeats", "3", "--overwrite"),
                           (pruned, pruned.with_suffix(".yaml")))
             train = self.train_stage(name, pruned.with_suffix(".yaml"),
-                                     (*self.fine_tune_common(seed), *self.fine_tune_budget(v.prune_from, seed, plan)))
+                                     (*self.fine_tune_common(seed), *self.fine_tune_budget(seed, plan)))
             train = replace(train, args=("--init", str(pruned), *train.args))
             return [prune, train, self.test_stage(name)]
         teachers: Sequence[Path] = ()
@@ -422,12 +421,13 @@ def read_run(folder: Path) -> RunResult | None:
     inference = folder / "eval" / "inference.json"
     decoder = read_json(inference).get("decoder", "patchpnp") if inference.is_file() else "?"
     iterations = minutes = None
-    metrics = folder / "metrics.csv"
-    if metrics.is_file():
-        rows = list(csv.DictReader(metrics.open()))
-        if rows:
-            iterations = int(rows[-1]["iter"])
-            minutes = float(rows[-1]["minutes"]) if rows[-1].get("minutes") else None
+    final = folder / "model_final.pth"
+    if final.is_file():  # the iteration it stopped at, not the last logged one
+        from fastgdr.checkpoint import read_checkpoint
+
+        state = read_checkpoint(final)
+        iterations = int(state["iteration"]) if "iteration" in state else None
+        minutes = state["elapsed_seconds"] / 60.0 if state.get("elapsed_seconds") is not None else None
     scores = {k: v for k, v in read_json(scores_path).items() if isinstance(v, (int, float))}
     return RunResult(folder.name, scores, decoder, iterations, minutes)
 
@@ -705,8 +705,8 @@ def _csv_run(eval_folder: Path):
 
 def estimate_minutes(settings: StudySettings) -> dict[str, float]:
     """A rough wall-clock estimate of the whole study at ``settings`` (training minutes
-    per part, plus ~1 minute per evaluation), from step-cost ratios measured on the 2-core
-    CPU at 128 px (docs/distillation.md); with ``equalize="iterations"`` slower variants
+    per part, plus ~1 minute per evaluation), from assumed step-cost factors of each variant
+    against plain P (rough values, not measured for the region OT or the ensemble); with ``equalize="iterations"`` slower variants
     take longer than ``minutes``."""
     s = settings
     if s.iterations is not None:

@@ -623,7 +623,7 @@ def test_distill_tool_trains_logs_each_term_and_saves_the_student_alone(tiny_dat
     paths, _ = teacher_checkpoints
     out = tmp_path / "kd"
     args = ["--teacher", str(paths[0]), "--data", str(tiny_dataset), "--out", str(out), *TINY_TRAIN_OVERRIDES,
-            "train.iterations=2", "kd.feature.weight=1", "kd.ot.weight=5", "kd.ot.grid=8"]
+            "train.iterations=2", "kd.feature.weight=1", "kd.ot.weight=5"]
     result = run_distill(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
@@ -642,7 +642,7 @@ def test_distillation_resumes_after_a_kill_like_an_uninterrupted_run(tiny_datase
     paths, _ = teacher_checkpoints
     common = ["--teacher", str(paths[0]), "--data", str(tiny_dataset), *TINY_TRAIN_OVERRIDES, "train.iterations=6",
               "train.checkpoint_period=2", "kd.feature.weight=1", "kd.feature.adapter_lr=1e-3",
-              "kd.ot.weight=5", "kd.ot.grid=8"]
+              "kd.ot.weight=5"]
     full = run_distill("--out", str(tmp_path / "full"), *common)
     assert full.returncode == 0, full.stderr[-3000:]
     cmd = [sys.executable, str(REPO / "tools/distill.py"), "--config", str(REPO / "configs/p.yaml"), "--no-progress",
@@ -665,7 +665,7 @@ def test_distillation_with_two_gloo_processes(tiny_dataset, teacher_checkpoints,
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(REPO / "tools/distill.py"),
            "--config", str(REPO / "configs/p.yaml"), "--teacher", str(paths[0]), "--data", str(tiny_dataset),
            "--out", str(tmp_path / "ddp"), "--no-progress", *TINY_TRAIN_OVERRIDES, "train.iterations=2",
-           "kd.feature.weight=1", "kd.ot.weight=5", "kd.ot.grid=8"]
+           "kd.feature.weight=1", "kd.ot.weight=5"]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_checkpoint(tmp_path / "ddp" / "model_final.pth")["iteration"] == 2

@@ -240,7 +240,7 @@ def plan_from_potentials(
 
 
 PLAN_TOLERANCE = 1e-7  # the largest change of π / Σπ over the last updates
-PLAN_MAX_ITERATIONS = 200  # bounds the cost per training step (~0.2 s for 8 ROIs × 64 regions × 16²)
+PLAN_MAX_ITERATIONS = 200  # bounds the cost per training step
 
 
 def transport_plan(
