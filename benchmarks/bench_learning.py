@@ -14,7 +14,8 @@ Stages (a re-run skips the finished ones):
      training loop, data loading included, not the set-up before it);
   4. every saved model evaluated on the held-out test split from the dataset's detections,
      with each of --decoders (inference and BOP 2019 scoring are not counted in M).
-Outputs in OUT: curve.csv, curve.png, the run folder (train/, with metrics.csv) and the
+Outputs in OUT: curve.csv, curve.png, loss_curves.png (every loss term of the run), the
+run folder (train/, with metrics.csv) and the
 last line  AR=<x> ADD-S=<y> iterations=<n> minutes=<m>  for the final model with
 --decoder. Defaults: the short training recipe, 128 px crops, batch 16 (overridable with
 dotted config overrides). Time it on an idle machine: other jobs slow training directly.
@@ -28,7 +29,7 @@ from pathlib import Path
 from fastgdr.cli import run_tool
 from fastgdr.data.synthetic import SyntheticSpec, generate_dataset
 from fastgdr.engine.inference import DECODERS
-from fastgdr.learning_curve import curve_points, plot_curve, run_checkpoints, write_curve_csv
+from fastgdr.learning_curve import curve_points, plot_curve, plot_loss_curves, run_checkpoints, write_curve_csv
 from fastgdr.pipeline import Stage, run_pipeline
 
 DEFAULT_OVERRIDES = ("train.recipe=short", "model.input_res=128", "train.batch_size=16", "data.num_workers=0")
@@ -85,8 +86,10 @@ def main() -> int:
     write_curve_csv(points, args.out / "curve.csv")
     title = f"{args.config.stem}: {' '.join(args.overrides) or 'defaults'}, seed {args.seed}, {args.minutes:g} min"
     plot_curve(points, args.out / "curve.png", title)
+    plot_loss_curves({f"{args.config.stem}, seed {args.seed}": args.out / "train" / "metrics.csv"},
+                     args.out / "loss_curves.png")
     final = [p for p in points if p.decoder == args.decoder][-1]
-    print(f"curve: {args.out / 'curve.csv'}, {args.out / 'curve.png'}")
+    print(f"curve: {args.out / 'curve.csv'}, {args.out / 'curve.png'}; losses: {args.out / 'loss_curves.png'}")
     print(f"AR={final.ar:.4f} ADD-S={final.add_s:.4f} iterations={final.iteration} minutes={final.minutes:.2f}")
     return 0
 

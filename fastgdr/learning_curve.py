@@ -174,3 +174,52 @@ def plot_curve(points: Sequence[CurvePoint], path: str | Path, title: str) -> Pa
     path = Path(path)
     figure.savefig(path)
     return path
+
+
+def read_loss_curves(metrics_csv: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """The loss terms of a training run's metrics.csv (``loss_*`` and distillation's
+    ``kd_*`` columns): term → [(iteration, value)].
+
+    Raises:
+        FastGDRError: the file is missing, empty or has no ``iter`` or no loss-term column.
+    """
+    path = Path(metrics_csv)
+    if not path.is_file():
+        raise FastGDRError(f"no training metrics at {path} (a run folder of tools/train.py holds metrics.csv)")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    terms = [key for key in (rows[0] if rows else {}) if key.startswith(("loss_", "kd_"))]
+    if not rows or "iter" not in rows[0] or not terms:
+        raise FastGDRError(f"{path}: expected a header with 'iter' and loss_*/kd_* columns and at least one row")
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for term in terms:
+        points = [(int(row["iter"]), float(row[term])) for row in rows if row.get(term) not in (None, "")]
+        curves[term.removeprefix("loss_")] = points
+    return curves
+
+
+def plot_loss_curves(runs: dict[str, str | Path], path: str | Path) -> Path:
+    """One panel per run: every loss term against iterations, log scale (the region term is
+    logged without its gradient-free constant, so a run that learns shows every term falling)."""
+    figure_module = import_optional("matplotlib.figure", extra="plot", purpose="the loss-curve plot")
+    agg = import_optional("matplotlib.backends.backend_agg", extra="plot", purpose="the loss-curve plot")
+    columns = 2 if len(runs) > 1 else 1
+    rows = math.ceil(len(runs) / columns)
+    figure = figure_module.Figure(figsize=(6.0 * columns, 3.4 * rows), dpi=100)
+    agg.FigureCanvasAgg(figure)
+    for index, (name, metrics_csv) in enumerate(runs.items(), start=1):
+        axes = figure.add_subplot(rows, columns, index)
+        for term, points in read_loss_curves(metrics_csv).items():
+            positive = [(i, v) for i, v in points if v > 0]
+            if positive:
+                axes.plot([i for i, _ in positive], [v for _, v in positive], label=term, linewidth=1.0,
+                          linestyle="--" if term.startswith(("tf_", "kd_")) else "-")
+        axes.set_yscale("log")
+        axes.set_xlabel("iteration")
+        axes.set_title(name, fontsize=9)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=6, ncol=3)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    return path

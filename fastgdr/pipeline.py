@@ -83,11 +83,13 @@ class DemoBudget:
         return (
             f"Demo budget: synthetic dataset of {self.objects} objects, {self.train_images} training and "
             f"{self.test_images} test images ({self.width}×{self.height}); {self.input_res} px crops (GDRNPP: 256); "
-            f"batch {self.batch_size}; teacher (N preset) {self.teacher_iterations} iterations, seed 0; N and P students "
-            f"{self.student_iterations} iterations; P and distilled P (feature MSE ×1 + OT on local predictions ×5 "
+            f"batch {self.batch_size}; the short training recipe (docs/training.md) from random weights; teacher "
+            f"(N preset) {self.teacher_iterations} iterations, seed {self.seeds[0]}; P students "
+            f"{self.student_iterations} iterations: P and distilled P (feature MSE ×1 + OT on local predictions ×5 "
             f"from the teacher) with seeds {', '.join(map(str, self.seeds))}; P28 = P (seed {self.seeds[0]}) pruned "
             f"(FAST GDRNPP's P28: geometric head D=28, Patch-PnP unpruned) and fine-tuned "
-            f"{self.student_iterations * 3 // 8} iterations. "
+            f"{self.student_iterations * 3 // 8} iterations. Per-term loss curves of every trained run: "
+            "training/loss_curves.png, their metrics in training/metrics/. "
             "Backbones start from random weights (nothing can be downloaded), so accuracies are far below the paper's; "
             "compare runs with each other and with the seed spread below."
         )
@@ -95,7 +97,7 @@ class DemoBudget:
 
 FULL = DemoBudget(
     objects=4, train_images=400, test_images=50, width=640, height=480, input_res=128,
-    teacher_iterations=400, student_iterations=200, batch_size=8,
+    teacher_iterations=600, student_iterations=300, batch_size=16, bench_rois="1",
 )
 QUICK = DemoBudget(
     objects=2, train_images=16, test_images=4, width=320, height=240, input_res=128,
@@ -121,9 +123,9 @@ class PipelineResult:
 
 
 def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
-    """Synthetic data → a teacher (N), N and P students (P with every seed) and an untrained
-    P → P pruned to P28 and fine-tuned → P distilled from the teacher (every seed) →
-    inference from the detections and BOP evaluation of every model, with GDRNPP's fast
+    """Synthetic data → a teacher (N), P students (every seed) and an untrained P → P pruned
+    to P28 and fine-tuned → P distilled from the teacher (every seed) → per-term loss curves
+    of every trained run → inference from the detections and BOP evaluation of every model, with GDRNPP's fast
     depth refinement for P and P28 (the "-R" configurations) → latency benchmark at the
     demo's crop size → model report of the presets → summary table, seed spread and
     speed/accuracy plot."""
@@ -135,8 +137,8 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
         return (
             f"model.input_res={budget.input_res}", f"train.iterations={iterations}",
             f"train.batch_size={budget.batch_size}", f"train.seed={seed}",
-            f"train.warmup_iters={max(1, iterations // 10)}", f"train.checkpoint_period={max(1, iterations // 6)}",
-            "train.log_period=10", "data.num_workers=1",
+            "train.recipe=short", f"train.warmup_iters={max(1, iterations // 10)}",
+            f"train.checkpoint_period={max(1, iterations // 6)}", "train.log_period=10", "data.num_workers=0",
         )
 
     def train_stage(
@@ -171,7 +173,6 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
             (data / "test_targets_bop19.json", detections),
         ),
         train_stage("teacher", "n.yaml", budget.teacher_iterations, first_seed),
-        train_stage("n", "n.yaml", budget.student_iterations, first_seed),
         *[train_stage(f"p_seed{seed}", "p.yaml", budget.student_iterations, seed) for seed in budget.seeds],
         train_stage("p_untrained", "p.yaml", 0, first_seed),
     ]
@@ -195,8 +196,16 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
                     tool_args=("--teacher", str(teacher)), overrides=DEMO_DISTILLATION)
         for seed in budget.seeds
     ]
+    trained = ["teacher", *[f"p_seed{seed}" for seed in budget.seeds], "p28",
+               *[f"p_kd_seed{seed}" for seed in budget.seeds]]
+    training = out / "training"
+    stages.append(Stage(
+        "loss curves", "plot_losses.py",
+        (*[str(out / name) for name in trained], "--out", str(training), "--overwrite"),
+        (training / "loss_curves.png",),
+    ))
     evaluated = {
-        "teacher": ("teacher", "none"), "n": ("n", "none"),
+        "teacher": ("teacher", "none"),
         **{f"p_seed{seed}": (f"p_seed{seed}", "none") for seed in budget.seeds},
         "p_untrained": ("p_untrained", "none"), "p_R": (p_first, "fast"),
         "p28": ("p28", "none"), "p28_R": ("p28", "fast"),

@@ -56,7 +56,8 @@ class RunSummary:
     """Accuracy and timing of one evaluated run (an ``eval`` folder of tools/test.py).
 
     ``architecture`` is the run's :func:`~fastgdr.benchmark.architecture_key`;
-    ``refine`` its depth refiner (``"none"``, ``"fast"``, ``"icp"``) and
+    ``decoder`` how tools/test.py read poses from the network (see
+    ``fastgdr.engine.inference.DECODERS``); ``refine`` its depth refiner (``"none"``, ``"fast"``, ``"icp"``) and
     ``refine_ms_per_image`` the refinement time per image tools/test.py measured.
     """
 
@@ -67,6 +68,7 @@ class RunSummary:
     estimates: int
     images: int
     architecture: str = ""
+    decoder: str = "patchpnp"
     refine: str = "none"
     refine_ms_per_image: float = 0.0
     results_csv: Path | None = None
@@ -99,6 +101,7 @@ def read_eval_dir(path: str | Path) -> RunSummary:
         estimates=inference["estimates"],
         images=inference["images"],
         architecture=architecture_key(cfg.model),
+        decoder=inference.get("decoder", "patchpnp"),
         refine=inference.get("refine", "none"),
         refine_ms_per_image=1000.0 * inference.get("mean_refine_seconds_per_image", 0.0),
         results_csv=results_csv,
@@ -244,12 +247,12 @@ def markdown_table(runs: list[RunSummary], latency: Sequence[LatencyMatch | None
             (benchmark config, matching rule and refinement row, median and p90 ms with
             refinement, the network's parameters, GFLOPs and GFLOP/s of the whole batch).
     """
-    header = ["run", "backbone", *[c for c, _ in COLUMNS], "network ms/image", "estimates"]
+    header = ["run", "backbone", "decoder", *[c for c, _ in COLUMNS], "network ms/image", "estimates"]
     if latency is not None:
         header += LATENCY_COLUMNS
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, run in enumerate(runs):
-        cells = [run.name, run.backbone, *[_fmt(run.scores.get(key)) for _, key in COLUMNS],
+        cells = [run.name, run.backbone, run.decoder, *[_fmt(run.scores.get(key)) for _, key in COLUMNS],
                  f"{run.network_ms_per_image:.1f}", str(run.estimates)]
         if latency is not None:
             cells += _latency_cells(latency[i])

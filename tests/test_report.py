@@ -146,7 +146,7 @@ def test_table_gains_latency_columns_only_with_a_benchmark(bench, runs):
     path, result = bench
     summaries = [read_eval_dir(run) for run in runs]
     plain = markdown_table(summaries)
-    assert "latency ms" not in plain and "| mine | P | 0.600 |" in plain
+    assert "latency ms" not in plain and "| mine | P | patchpnp | 0.600 |" in plain
     matches = [match_latency(s, latency_candidates([(str(path), result)])) for s in summaries]
     table = markdown_table(summaries, matches)
     assert "| p (architecture) | 40.00 | 44.00 | 20.00 | 5.00 | 125.0 |" in table
