@@ -57,10 +57,14 @@ class DemoBudget:
 
     Attributes:
         input_res: crop size of every trained and benchmarked model (GDRNPP: 256; the CPU
-            demo uses 128 to afford a teacher, two students, pruning and distillation).
-        teacher_iterations, student_iterations: training iterations at ``batch_size``;
-            P28's fine-tuning gets 3/8 of the student budget (FAST GDRNPP: 15 of 40 epochs).
-        seeds: training seeds of the compared P and distilled-P students.
+            demo uses 128).
+        student_iterations: training iterations of each P at ``batch_size``; P28's
+            fine-tuning gets 3/8 of them (FAST GDRNPP: 15 of 40 epochs).
+        seeds: training seeds of P, of P28 (pruned from the P of the same seed) and of
+            distilled P.
+        distill: also train a teacher (N, ``teacher_iterations``) and distil P from it with
+            every seed. Off in ``FULL``: in 30 minutes of a 2-core CPU a teacher cannot be
+            trained better than its students (docs/training.md).
     """
 
     objects: int
@@ -69,39 +73,54 @@ class DemoBudget:
     width: int
     height: int
     input_res: int
-    teacher_iterations: int
     student_iterations: int
     batch_size: int
+    teacher_iterations: int = 0
+    distill: bool = False
     seeds: tuple[int, ...] = (0, 1)
     presets: str = "all"
     bench_configs: str = "bm,n,n28,p,p28"
     bench_rois: str = "1,8"
     latency_repeats: int = 15
 
+    def __post_init__(self) -> None:
+        if self.distill and self.teacher_iterations < 1:
+            raise ValueError("a demo with distillation needs teacher_iterations >= 1")
+
+    @property
+    def fine_tune_iterations(self) -> int:
+        return max(1, self.student_iterations * 3 // 8)
+
     def describe(self) -> str:
         """The budget as a markdown paragraph for the report."""
+        seeds = ", ".join(map(str, self.seeds))
+        distillation = (
+            f"a teacher (N preset, {self.teacher_iterations} iterations, seed {self.seeds[0]}) and P distilled from it "
+            f"(feature MSE ×1 + OT on local predictions ×5) with seeds {seeds}, as long as P; "
+            if self.distill else
+            "no distillation (`tools/demo.py --distill` adds a teacher and distilled students; "
+            "benchmarks/acceleration_study.py compares every kind); "
+        )
         return (
             f"Demo budget: synthetic dataset of {self.objects} objects, {self.train_images} training and "
             f"{self.test_images} test images ({self.width}×{self.height}); {self.input_res} px crops (GDRNPP: 256); "
-            f"batch {self.batch_size}; the short training recipe (docs/training.md) from random weights; teacher "
-            f"(N preset) {self.teacher_iterations} iterations, seed {self.seeds[0]}; P students "
-            f"{self.student_iterations} iterations: P and distilled P (feature MSE ×1 + OT on local predictions ×5 "
-            f"from the teacher) with seeds {', '.join(map(str, self.seeds))}; P28 = P (seed {self.seeds[0]}) pruned "
-            f"(FAST GDRNPP's P28: geometric head D=28, Patch-PnP unpruned) and fine-tuned "
-            f"{self.student_iterations * 3 // 8} iterations. Per-term loss curves of every trained run: "
-            "training/loss_curves.png, their metrics in training/metrics/. "
-            "Backbones start from random weights (nothing can be downloaded), so accuracies are far below the paper's; "
-            "compare runs with each other and with the seed spread below."
+            f"batch {self.batch_size}; the short training recipe (docs/training.md) from random weights; "
+            f"P (ConvNeXt-V2 Pico) {self.student_iterations} iterations with seeds {seeds}; P28 = each P pruned "
+            f"(FAST GDRNPP's P28: geometric head D=28, Patch-PnP unpruned) and fine-tuned {self.fine_tune_iterations} "
+            f"iterations with its seed; {distillation}"
+            "per-term loss curves of every trained run in training/loss_curves.png, their metrics in "
+            "training/metrics/. Backbones start from random weights (nothing can be downloaded), so accuracies are far "
+            "below the paper's; compare runs with each other, with p_untrained and with the seed spread below."
         )
 
 
 FULL = DemoBudget(
     objects=4, train_images=400, test_images=50, width=640, height=480, input_res=128,
-    teacher_iterations=600, student_iterations=300, batch_size=16, bench_rois="1",
+    student_iterations=700, batch_size=16, bench_rois="1",
 )
 QUICK = DemoBudget(
     objects=2, train_images=16, test_images=4, width=320, height=240, input_res=128,
-    teacher_iterations=4, student_iterations=4, batch_size=4, presets="P", bench_configs="p,p28",
+    student_iterations=4, batch_size=4, teacher_iterations=4, distill=True, presets="P", bench_configs="p,p28",
     bench_rois="1", latency_repeats=3,
 )
 
@@ -123,12 +142,12 @@ class PipelineResult:
 
 
 def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
-    """Synthetic data → a teacher (N), P students (every seed) and an untrained P → P pruned
-    to P28 and fine-tuned → P distilled from the teacher (every seed) → per-term loss curves
-    of every trained run → inference from the detections and BOP evaluation of every model, with GDRNPP's fast
-    depth refinement for P and P28 (the "-R" configurations) → latency benchmark at the
-    demo's crop size → model report of the presets → summary table, seed spread and
-    speed/accuracy plot."""
+    """Synthetic data → P (every seed) and an untrained P → each P pruned to P28 and
+    fine-tuned → with ``budget.distill``, a teacher (N) and P distilled from it (every
+    seed) → per-term loss curves of every trained run → inference from the detections and
+    BOP evaluation of every model, with GDRNPP's fast depth refinement for P and P28 of the
+    first seed (the "-R" configurations) → latency benchmark at the demo's crop size →
+    model report of the presets → summary table, seed spread and speed/accuracy plot."""
     data = out / "data" / "synth"
     detections = data / "detections" / "synth_default_detections_test.json"
     first_seed = budget.seeds[0]
@@ -172,32 +191,33 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
              "--seed", str(first_seed), "--overwrite"),
             (data / "test_targets_bop19.json", detections),
         ),
-        train_stage("teacher", "n.yaml", budget.teacher_iterations, first_seed),
         *[train_stage(f"p_seed{seed}", "p.yaml", budget.student_iterations, seed) for seed in budget.seeds],
         train_stage("p_untrained", "p.yaml", 0, first_seed),
     ]
-    pruned = out / "p28" / "pruned.pth"
-    stages.append(Stage(
-        "prune p to p28", "prune.py",
-        ("--ckpt", str(out / p_first / "model_final.pth"), "--geo-d", "28", "--out", str(pruned),
-         "--repeats", str(budget.latency_repeats), "--overwrite"),
-        (pruned, pruned.with_suffix(".yaml")),
-    ))
-    stages.append(Stage(
-        "fine-tune p28", "train.py",
-        ("--config", str(pruned.with_suffix(".yaml")), "--init", str(pruned), "--data", str(data),
-         "--out", str(out / "p28"), "--no-progress",
-         *train_args(max(1, budget.student_iterations * 3 // 8), first_seed)),
-        (out / "p28" / "model_final.pth",),
-        resumable=out / "p28" / "last_checkpoint.pth",
-    ))
-    stages += [
-        train_stage(f"p_kd_seed{seed}", "p.yaml", budget.student_iterations, seed, tool="distill.py",
-                    tool_args=("--teacher", str(teacher)), overrides=DEMO_DISTILLATION)
-        for seed in budget.seeds
-    ]
-    trained = ["teacher", *[f"p_seed{seed}" for seed in budget.seeds], "p28",
-               *[f"p_kd_seed{seed}" for seed in budget.seeds]]
+    for seed in budget.seeds:
+        pruned = out / f"p28_seed{seed}" / "pruned.pth"
+        stages.append(Stage(
+            f"prune p_seed{seed} to p28", "prune.py",
+            ("--ckpt", str(out / f"p_seed{seed}" / "model_final.pth"), "--geo-d", "28", "--out", str(pruned),
+             "--repeats", str(budget.latency_repeats), "--overwrite"),
+            (pruned, pruned.with_suffix(".yaml")),
+        ))
+        stages.append(Stage(
+            f"fine-tune p28_seed{seed}", "train.py",
+            ("--config", str(pruned.with_suffix(".yaml")), "--init", str(pruned), "--data", str(data),
+             "--out", str(pruned.parent), "--no-progress", *train_args(budget.fine_tune_iterations, seed)),
+            (pruned.parent / "model_final.pth",),
+            resumable=pruned.parent / "last_checkpoint.pth",
+        ))
+    trained = [*[f"p_seed{seed}" for seed in budget.seeds], *[f"p28_seed{seed}" for seed in budget.seeds]]
+    if budget.distill:
+        stages.append(train_stage("teacher", "n.yaml", budget.teacher_iterations, first_seed))
+        stages += [
+            train_stage(f"p_kd_seed{seed}", "p.yaml", budget.student_iterations, seed, tool="distill.py",
+                        tool_args=("--teacher", str(teacher)), overrides=DEMO_DISTILLATION)
+            for seed in budget.seeds
+        ]
+        trained += ["teacher", *[f"p_kd_seed{seed}" for seed in budget.seeds]]
     training = out / "training"
     stages.append(Stage(
         "loss curves", "plot_losses.py",
@@ -205,12 +225,14 @@ def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
         (training / "loss_curves.png",),
     ))
     evaluated = {
-        "teacher": ("teacher", "none"),
         **{f"p_seed{seed}": (f"p_seed{seed}", "none") for seed in budget.seeds},
         "p_untrained": ("p_untrained", "none"), "p_R": (p_first, "fast"),
-        "p28": ("p28", "none"), "p28_R": ("p28", "fast"),
-        **{f"p_kd_seed{seed}": (f"p_kd_seed{seed}", "none") for seed in budget.seeds},
+        **{f"p28_seed{seed}": (f"p28_seed{seed}", "none") for seed in budget.seeds},
+        "p28_R": (f"p28_seed{first_seed}", "fast"),
     }
+    if budget.distill:
+        evaluated["teacher"] = ("teacher", "none")
+        evaluated.update({f"p_kd_seed{seed}": (f"p_kd_seed{seed}", "none") for seed in budget.seeds})
     for name, (model, refine) in evaluated.items():
         stages.append(test_stage(name, out / model / "model_final.pth", refine))
     bench = out / "bench"

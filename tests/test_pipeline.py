@@ -20,17 +20,18 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = (out / "report" / "README.md").read_text()
-    runs = ("teacher", "p_seed0", "p_seed1", "p_untrained", "p_R", "p28", "p28_R", "p_kd_seed0", "p_kd_seed1")
+    runs = ("p_seed0", "p_seed1", "p_untrained", "p_R", "p28_seed0", "p28_seed1", "p28_R", "teacher", "p_kd_seed0",
+            "p_kd_seed1")
     for run in runs:
         assert f"| {run} |" in report
         scores = json.loads((out / run / "eval" / "scores_bop19.json").read_text())
         assert 0.0 <= scores["bop19_average_recall"] <= 1.0
     assert "Demo budget:" in report and "## Across seeds" in report
-    assert "| p | 0, 1 |" in report and "| p_kd | 0, 1 |" in report
+    assert "| p | 0, 1 |" in report and "| p28 | 0, 1 |" in report and "| p_kd | 0, 1 |" in report
     assert (out / "report" / "speed_accuracy.png").stat().st_size > 0
     assert (out / "training" / "loss_curves.png").stat().st_size > 0
     copied = sorted(p.stem for p in (out / "training" / "metrics").glob("*.csv"))
-    assert copied == ["p28", "p_kd_seed0", "p_kd_seed1", "p_seed0", "p_seed1", "teacher"]
+    assert copied == ["p28_seed0", "p28_seed1", "p_kd_seed0", "p_kd_seed1", "p_seed0", "p_seed1", "teacher"]
     assert (out / "training" / "metrics" / "teacher.csv").read_text() == (out / "teacher" / "metrics.csv").read_text()
     csvs = sorted(p.name for p in (out / "report" / "bop_results").glob("*.csv"))
     assert csvs == sorted(f"{run.replace('_', '-')}_synth-test.csv" for run in runs)
@@ -38,7 +39,7 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     assert distilled["teachers"] == [str(out / "teacher" / "model_final.pth")]
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0
-    assert second.stdout.count("already done, skipped") == 21  # all but the summary, which always runs
+    assert second.stdout.count("already done, skipped") == 24  # all but the summary, which always runs
 
 
 def test_a_failing_stage_stops_with_its_log(tmp_path):
