@@ -20,7 +20,7 @@ from pathlib import Path
 from fastgdr.cli import run_tool
 from fastgdr.pipeline import FULL, QUICK, demo_stages, run_pipeline
 
-TEACHER_ITERATIONS = 1400  # --distill in the full demo: twice P's budget
+TEACHER_ITERATIONS = 2 * FULL.student_iterations  # --distill in the full demo: twice P's budget
 
 
 def main() -> int:
