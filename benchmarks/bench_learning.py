@@ -28,7 +28,7 @@ from pathlib import Path
 
 from fastgdr.cli import run_tool
 from fastgdr.data.synthetic import SyntheticSpec, generate_dataset
-from fastgdr.engine.inference import DECODERS
+from fastgdr.inference import DECODERS
 from fastgdr.learning_curve import curve_points, plot_curve, plot_loss_curves, run_checkpoints, write_curve_csv
 from fastgdr.pipeline import Stage, run_pipeline
 

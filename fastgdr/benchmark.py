@@ -88,15 +88,14 @@ from fastgdr.config import ModelConfig, load_config, to_dict
 from fastgdr.data.detections import Detection
 from fastgdr.data.mesh import Mesh
 from fastgdr.data.shapes import OBJECT_KINDS, make_objects
-from fastgdr.engine.inference import PosePredictor
 from fastgdr.errors import FastGDRError, MissingDependencyError
 from fastgdr.eval.results import PoseEstimate, save_results
 from fastgdr.export import OUTPUT_NAMES, export_onnx, onnx_session, random_roi_batch
 from fastgdr.geometry import axis_angle_to_matrix, test_time_crop, zoom_camera_matrix
+from fastgdr.inference import PosePredictor, RefineStats, RefineTarget, refine_poses
 from fastgdr.models import GDRNPoseNet, decode_pose
 from fastgdr.models.fusion import fuse_for_inference
 from fastgdr.profiling import model_costs
-from fastgdr.refine import RefineStats, RefineTarget, refine_poses
 from fastgdr.render import Renderer
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

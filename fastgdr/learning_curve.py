@@ -40,7 +40,7 @@ class CurvePoint:
     Attributes:
         minutes: training wall clock the checkpoint had used (0 for the untrained model).
         iteration: training iterations done.
-        decoder: pose decoder (see ``fastgdr.engine.inference.DECODERS``).
+        decoder: pose decoder (see ``fastgdr.inference.decoding.DECODERS``).
         ar, ar_vsd, ar_mssd, ar_mspd: BOP 2019 average recalls.
         add_s: ADD(-S) recall at 0.1 × the object diameter.
         checkpoint: file name of the checkpoint.
@@ -78,8 +78,8 @@ def evaluate_checkpoint(
 ) -> dict[str, float]:
     """BOP 2019 scores (``scores_bop19.json``'s keys) of a checkpoint's poses on ``split``,
     estimated from ``detections`` with ``decoder`` (ConvNeXt blocks fused, as tools/test.py)."""
-    from fastgdr.engine.inference import build_predictor, infer_dataset, load_model
     from fastgdr.eval.bop19 import evaluate
+    from fastgdr.inference import build_predictor, infer_dataset, load_model
     from fastgdr.models.fusion import fuse_for_inference
 
     model, cfg = load_model(checkpoint)

@@ -414,7 +414,7 @@ def save_pruned(
     """Write ``{"model": state_dict, "config": cfg, "pruning": plan.record(…)}`` atomically.
 
     ``cfg`` is the full config with the pruned widths; the file loads with
-    :func:`fastgdr.engine.inference.load_model` and initialises fine-tuning (``--init``).
+    :func:`fastgdr.inference.predictor.load_model` and initialises fine-tuning (``--init``).
     """
     return save_checkpoint(path, model, config=to_dict(cfg), pruning=plan.record(source_checkpoint))
 

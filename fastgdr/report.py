@@ -57,7 +57,7 @@ class RunSummary:
 
     ``architecture`` is the run's :func:`~fastgdr.benchmark.architecture_key`;
     ``decoder`` how tools/test.py read poses from the network (see
-    ``fastgdr.engine.inference.DECODERS``); ``refine`` its depth refiner (``"none"``, ``"fast"``, ``"icp"``) and
+    ``fastgdr.inference.decoding.DECODERS``); ``refine`` its depth refiner (``"none"``, ``"fast"``, ``"icp"``) and
     ``refine_ms_per_image`` the refinement time per image tools/test.py measured.
     """
 

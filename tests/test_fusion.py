@@ -10,7 +10,7 @@ from fastgdr._compat import import_timm
 from fastgdr.benchmark import BenchSettings, _prepare_config
 from fastgdr.config import load_config
 from fastgdr.data.detections import Detection
-from fastgdr.engine.inference import PosePredictor
+from fastgdr.inference import PosePredictor
 from fastgdr.models import GDRNPoseNet
 from fastgdr.models.fusion import FusedConvNeXtBlock, fuse_for_inference, why_not_fusable
 

@@ -13,10 +13,10 @@ from fastgdr.checkpoint import save_checkpoint
 from fastgdr.config import load_config, to_dict
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.detections import Detection
-from fastgdr.engine.inference import PosePredictor, load_model, mask_probability
 from fastgdr.errors import CheckpointError
 from fastgdr.eval.results import load_results
 from fastgdr.geometry import crop_affine_matrix, test_time_crop
+from fastgdr.inference import PosePredictor, load_model, mask_probability
 from fastgdr.models import GDRNPoseNet
 
 from conftest import REPO, TINY_TRAIN_OVERRIDES

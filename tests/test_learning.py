@@ -12,9 +12,9 @@ import torch
 
 from fastgdr.config import load_config
 from fastgdr.data.train_dataset import CollateTargets
-from fastgdr.engine.inference import load_model
 from fastgdr.engine.trainer import build_train_dataset, open_dataset, train
 from fastgdr.geometry import rotation_angle_between
+from fastgdr.inference import load_model
 from fastgdr.losses.gdrn import closest_symmetric_rotation, coordinate_losses
 from fastgdr.models import decode_pose
 

@@ -12,8 +12,8 @@ from torch import nn
 
 from fastgdr.checkpoint import read_checkpoint, save_checkpoint
 from fastgdr.config import ModelConfig, load_config, to_dict
-from fastgdr.engine.inference import load_model
 from fastgdr.errors import ConfigError, UnknownNameError
+from fastgdr.inference import load_model
 from fastgdr.models import GDRNPoseNet
 from fastgdr.profiling import count_parameters, example_inputs
 from fastgdr.pruning import (

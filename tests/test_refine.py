@@ -17,7 +17,6 @@ from fastgdr.data.detections import load_detections
 from fastgdr.data.mesh import load_ply
 from fastgdr.data.shapes import make_objects
 from fastgdr.data.mesh import Mesh
-from fastgdr.engine.inference import PosePredictor, decode_rois, infer_dataset, load_model, pnp_ransac_pose
 from fastgdr.errors import UnknownNameError
 from fastgdr.eval.results import load_results
 from fastgdr.geometry import (
@@ -28,22 +27,27 @@ from fastgdr.geometry import (
     translation_to_site,
     zoom_camera_matrix,
 )
-from fastgdr.models import GDRNPoseNet
-from fastgdr.refine import (
+from fastgdr.inference import (
     REFINERS,
+    PosePredictor,
     RefineLimits,
     RefineOutcome,
     RefineStats,
     RefineTarget,
     check_depth,
     check_depth_scale,
+    decode_rois,
     depth_points_and_normals,
     fast_refine,
     icp_refine,
     icp_refine_many,
+    infer_dataset,
+    load_model,
     paste_mask,
+    pnp_ransac_pose,
     refine_poses,
 )
+from fastgdr.models import GDRNPoseNet
 from fastgdr.render import Renderer
 
 from conftest import REPO, TINY_TRAIN_OVERRIDES

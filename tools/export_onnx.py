@@ -29,8 +29,8 @@ import argparse
 from pathlib import Path
 
 from fastgdr.cli import run_tool
-from fastgdr.engine.inference import load_model
 from fastgdr.export import POSE_OUTPUTS, assert_onnx_close, export_onnx, onnx_differences
+from fastgdr.inference import load_model
 from fastgdr.outputs import check_out_file, claim_outputs
 
 

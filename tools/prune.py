@@ -36,7 +36,7 @@ import torch
 from fastgdr.checkpoint import read_checkpoint
 from fastgdr.cli import run_tool
 from fastgdr.config import save_config
-from fastgdr.engine.inference import load_model
+from fastgdr.inference import load_model
 from fastgdr.outputs import check_out_file, claim_outputs
 from fastgdr.pruning import (
     GRANULARITY,

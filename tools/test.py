@@ -44,12 +44,11 @@ from fastgdr.config import save_config
 from fastgdr.data.bop import BopDataset
 from fastgdr.data.cards import DATASET_CARDS, detect_card
 from fastgdr.data.detections import load_detections
-from fastgdr.engine.inference import DECODERS, build_predictor, infer_dataset, load_model, usable_detections
 from fastgdr.errors import FastGDRError
 from fastgdr.eval.results import ResultsWriter
+from fastgdr.inference import DECODERS, REFINERS, build_predictor, infer_dataset, load_model, usable_detections
 from fastgdr.models.fusion import fuse_for_inference
 from fastgdr.outputs import atomic_write_text, check_name_part, check_out_dir, claim_outputs, remove_outputs
-from fastgdr.refine import REFINERS
 
 
 def parse_args() -> argparse.Namespace:

@@ -16,9 +16,10 @@ Pixel convention (the one of the whole package; the BOP toolkit's renderer's):
       coordinate x), so depth, masks and scene_gt_info of BOP datasets, the VSD of the
       toolkit and everything rendered here agree pixel for pixel.
     * Consequences elsewhere: back-projecting pixel (i, j) uses (j + 0.5, i + 0.5)
-      (:mod:`fastgdr.refine`, EPnP in :mod:`fastgdr.engine.inference`); GDRNPP's crop warp
-      maps pixel *indices* (:func:`fastgdr.geometry.crop_affine_matrix`), so the intrinsics
-      of a crop (:func:`fastgdr.geometry.zoom_camera_matrix`) carry the half-pixel terms.
+      (:mod:`fastgdr.inference.refine`, :mod:`fastgdr.inference.icp`, EPnP in
+      :mod:`fastgdr.inference.decoding`); GDRNPP's crop warp maps pixel *indices*
+      (:func:`fastgdr.geometry.crop_affine_matrix`), so the intrinsics of a crop
+      (:func:`fastgdr.geometry.zoom_camera_matrix`) carry the half-pixel terms.
       Two index-based quantities are kept as their owners define them: the distance image
       of VSD and of the visibility test (the toolkit uses u = j there,
       :func:`fastgdr.data.visibility.depth_to_distance`) and GDRNPP's ``coord_2d`` input
