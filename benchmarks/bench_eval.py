@@ -36,7 +36,10 @@ from fastgdr.data.cards import detect_card
 from fastgdr.data.mesh import load_ply
 from fastgdr.data.symmetry import rotation_about_axis
 from fastgdr.eval import reference_errors as ref
-from fastgdr.eval.bop19 import DEFAULT_VSD_DELTA_MM, VSD_TAUS, EvalResult, PairBatch, evaluate
+from fastgdr.eval.bop19 import evaluate
+from fastgdr.eval.error_backend import PairBatch
+from fastgdr.eval.protocol import DEFAULT_VSD_DELTA_MM, VSD_TAUS
+from fastgdr.eval.recall import EvalResult
 from fastgdr.eval.results import PoseEstimate, load_results, save_results
 
 

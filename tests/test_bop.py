@@ -10,7 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from fastgdr.data.bop import BopDataset, TestTarget, load_models_info
+from fastgdr.data.bop import BopDataset
+from fastgdr.data.bop_parsing import load_models_info
+from fastgdr.data.bop_records import TestTarget
 from fastgdr.data.cards import DATASET_CARDS, DatasetCard, detect_card
 from fastgdr.data.visibility import (
     depth_to_distance,

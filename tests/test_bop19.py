@@ -18,9 +18,10 @@ from fastgdr.data.bop import BopDataset
 from fastgdr.data.mesh import load_ply
 from fastgdr.data.symmetry import rotation_about_axis
 from fastgdr.errors import ResultsFormatError
-from fastgdr.eval.bop19 import (
-    AD_THETAS, MSPD_THRESHOLDS_PX, MSSD_THETAS, evaluate, greedy_match, valid_gt_indices, write_scores,
-)
+from fastgdr.eval.bop19 import evaluate
+from fastgdr.eval.matching import greedy_match, valid_gt_indices
+from fastgdr.eval.protocol import AD_THETAS, MSPD_THRESHOLDS_PX, MSSD_THETAS
+from fastgdr.eval.scores import write_scores
 from fastgdr.eval.results import PoseEstimate, load_results, parse_result_filename, save_results
 
 BOP_KEYS = {
@@ -436,7 +437,7 @@ def test_vsd_of_the_plate_in_closed_form(tmp_path, convention, expected):
     """Batched and reference VSD equal the hand-derived values (see above) on a test depth
     rendered by either renderer: they render the poses in the toolkit's convention."""
     from fastgdr.eval import batched_errors, reference_errors
-    from fastgdr.eval.bop19 import VSD_TAUS
+    from fastgdr.eval.protocol import VSD_TAUS
     from fastgdr.render import Renderer
 
     mesh = load_ply(write_plate_dataset(tmp_path / "plate") / "models_eval" / "obj_000001.ply")

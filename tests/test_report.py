@@ -45,7 +45,8 @@ def make_eval_dir(root, name, ar, config_text, network_s=0.05, refine=None):
 
 def scored_eval_dir(tmp_path):
     """An eval folder whose scores were written for the results CSV beside it."""
-    from fastgdr.eval.bop19 import EvalResult, write_scores
+    from fastgdr.eval.recall import EvalResult
+    from fastgdr.eval.scores import write_scores
 
     run = make_eval_dir(tmp_path, "p", 0.3, (CONFIGS / "p.yaml").read_text())
     csv = run / "p_synth-test.csv"

@@ -73,7 +73,9 @@ def main() -> int:
     card = detect_card(args.data)
     check_dataset_name(args.results, args.data, card.name if card is not None else None, strict=args.strict)
     estimates = load_results(args.results, strict=args.strict)
-    from fastgdr.eval.bop19 import ERROR_TYPES, evaluate, format_scores, write_scores
+    from fastgdr.eval.bop19 import evaluate
+    from fastgdr.eval.protocol import ERROR_TYPES
+    from fastgdr.eval.scores import format_scores, write_scores
 
     device = device_option(args.device)
 

@@ -123,7 +123,7 @@ def main() -> int:
     model, cfg = load_model(args.ckpt, args.config, args.overrides)
     fused_blocks = 0 if args.no_fuse else fuse_for_inference(model)
     predictor = build_predictor(model, cfg, dataset, args.decoder, args.refine, device)
-    from fastgdr.eval.bop19 import remove_scores
+    from fastgdr.eval.scores import remove_scores
 
     remove_outputs(p for p in outputs if p.exists())  # --overwrite
     for path in remove_scores(args.out):  # scores of a previous run: never left beside the new CSV
@@ -168,7 +168,8 @@ def main() -> int:
             print(f"  depth unusable in {images} images: {reason}")
 
     if evaluating:
-        from fastgdr.eval.bop19 import evaluate, write_scores
+        from fastgdr.eval.bop19 import evaluate
+        from fastgdr.eval.scores import write_scores
 
         result = evaluate(dataset, estimates, split=args.split, device=device, progress=True)
         write_scores(result, args.out, results_file=csv_path)

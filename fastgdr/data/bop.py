@@ -18,23 +18,37 @@ BGR uint8, as OpenCV reads them.
 Every reader validates what it parses and raises :class:`~fastgdr.errors.DatasetError`
 with a message naming the file, the image / entry / object and the field.
 :meth:`BopDataset.check` runs all of these checks up front, before a long run.
+
+This module is the reader, :class:`BopDataset` (files, images, depth, masks, targets and the
+up-front checks); the records it returns are in :mod:`fastgdr.data.bop_records`, the parsing
+and validation of the JSON files in :mod:`fastgdr.data.bop_parsing`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 
+from fastgdr.data.bop_parsing import (
+    _check_gt_info_matches,
+    _check_same_ids,
+    _integer,
+    _list,
+    _load_per_image_lists,
+    _load_scene_camera,
+    _mapping,
+    _parse_gt,
+    _parse_gt_info,
+    _read_json,
+    load_models_info,
+)
+from fastgdr.data.bop_records import GTInfo, GTInstance, ObjectInfo, Scene, TestTarget
 from fastgdr.data.cards import DatasetCard
 from fastgdr.errors import DatasetError
 
@@ -43,8 +57,6 @@ _SCENE_DIR_RE = re.compile(r"^\d{6}$")
 _COLOR_LAYOUTS = (("rgb", ".png"), ("rgb", ".jpg"), ("gray", ".tif"))
 _GRAY_LAYOUTS = (("gray", ".tif"), ("rgb", ".png"), ("rgb", ".jpg"))
 _DEPTH_EXTENSIONS = (".png", ".tif")
-
-T = TypeVar("T")
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -63,377 +75,6 @@ def image_file_size(path: str | Path) -> tuple[int, int] | None:
         return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     return None if image is None else (int(image.shape[1]), int(image.shape[0]))
-
-
-# ------------------------------------------------------------------------------------
-# Data records
-# ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class ObjectInfo:
-    """One entry of ``models_info.json``.
-
-    Attributes:
-        obj_id: BOP object id.
-        diameter: largest distance between two model vertices, mm.
-        bbox_min: (3,) float64 corner (min_x, min_y, min_z) of the 3D bounding box, mm.
-        extents: (3,) float64 size of the 3D bounding box (size_x, size_y, size_z), mm.
-        symmetries_discrete: (4, 4) float64 model-frame transforms that leave the object
-            looking the same (rotation, translation in mm); the identity is not listed.
-        symmetries_continuous: (axis (3,), offset (3,) mm) pairs: the object is unchanged
-            by any rotation about ``axis`` through the point ``offset``.
-
-    Arrays are read-only. Instances compare by identity.
-    """
-
-    obj_id: int
-    diameter: float
-    bbox_min: np.ndarray
-    extents: np.ndarray
-    symmetries_discrete: tuple[np.ndarray, ...] = ()
-    symmetries_continuous: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
-
-    @property
-    def is_symmetric(self) -> bool:
-        """Whether models_info declares any discrete or continuous symmetry."""
-        return bool(self.symmetries_discrete or self.symmetries_continuous)
-
-
-@dataclass
-class CameraInfo:
-    """One entry of ``scene_camera.json``.
-
-    Attributes:
-        K: (3, 3) float64 intrinsics in px.
-        depth_scale: mm per stored depth unit (depth in mm = stored value × depth_scale).
-        R_w2c: optional (3, 3) float64 world→camera rotation.
-        t_w2c: optional (3,) float64 world→camera translation, mm.
-    """
-
-    K: np.ndarray
-    depth_scale: float
-    R_w2c: np.ndarray | None = None
-    t_w2c: np.ndarray | None = None
-
-
-@dataclass
-class GTInstance:
-    """One entry of ``scene_gt.json``: an object instance and its pose.
-
-    Attributes:
-        obj_id: BOP object id.
-        R: (3, 3) float64 model→camera rotation.
-        t: (3,) float64 model→camera translation, mm.
-    """
-
-    obj_id: int
-    R: np.ndarray
-    t: np.ndarray
-
-
-@dataclass
-class GTInfo:
-    """One entry of ``scene_gt_info.json`` (same order as ``scene_gt.json``).
-
-    Boxes are (x, y, w, h) in px with the BOP toolkit's convention ``w = x_max - x_min``
-    (pixel indices, so one less than the number of columns spanned); (-1, -1, -1, -1)
-    when nothing of the object is visible.
-
-    Attributes:
-        bbox_obj: box of the whole silhouette, not clipped to the image.
-        bbox_visib: box of the visible part.
-        px_count_all: silhouette pixels, including the part outside the image.
-        px_count_valid: silhouette pixels inside the image that have a depth value.
-        px_count_visib: visible pixels.
-        visib_fract: px_count_visib / px_count_all (0 when px_count_all is 0).
-    """
-
-    bbox_obj: tuple[int, int, int, int]
-    bbox_visib: tuple[int, int, int, int]
-    px_count_all: int
-    px_count_valid: int
-    px_count_visib: int
-    visib_fract: float
-
-
-@dataclass
-class Scene:
-    """The annotations of one scene folder, keyed by image id.
-
-    Attributes:
-        split: split folder name, e.g. ``"test"``.
-        scene_id: scene id (the folder's 6-digit number).
-        camera: image id → camera (scene_camera.json).
-        gt: image id → instances (scene_gt.json), or None when scene_gt.json is absent
-            and was not required.
-        gt_info: image id → per-instance info in the order of ``gt``
-            (scene_gt_info.json), or None when that file (or scene_gt.json) is absent.
-    """
-
-    split: str
-    scene_id: int
-    camera: dict[int, CameraInfo]
-    gt: dict[int, list[GTInstance]] | None
-    gt_info: dict[int, list[GTInfo]] | None
-
-    @property
-    def im_ids(self) -> list[int]:
-        """Sorted image ids of the scene."""
-        return sorted(self.camera)
-
-
-@dataclass(frozen=True)
-class TestTarget:
-    """One entry of ``test_targets_bop19.json``: evaluate ``inst_count`` instances of
-    ``obj_id`` in image (scene_id, im_id)."""
-
-    __test__ = False  # not a pytest test class despite the name
-
-    scene_id: int
-    im_id: int
-    obj_id: int
-    inst_count: int
-
-
-# ------------------------------------------------------------------------------------
-# JSON and field validation
-# ------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> Any:
-    """Parse a JSON file; a missing file or a syntax error raises DatasetError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot be read: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _require(entry: dict[str, Any], field: str, where: str) -> Any:
-    if field not in entry:
-        raise DatasetError(f"{where}: missing '{field}'")
-    return entry[field]
-
-
-def _number_list(value: Any, n: int, field: str, where: str) -> np.ndarray:
-    """Validate a list of ``n`` finite numbers and return it as float64 (n,)."""
-    if not isinstance(value, list):
-        raise DatasetError(
-            f"{where}: '{field}' must be a list of {n} numbers, got {type(value).__name__}"
-        )
-    if len(value) != n:
-        raise DatasetError(f"{where}: '{field}' must have {n} numbers, got {len(value)}")
-    bad = [v for v in value if not _is_number(v)]
-    if bad:
-        raise DatasetError(f"{where}: '{field}' must have {n} numbers, got {bad[0]!r} in it")
-    return np.asarray(value, dtype=np.float64)
-
-
-def _numbers(entry: dict[str, Any], field: str, n: int, where: str) -> np.ndarray:
-    return _number_list(_require(entry, field, where), n, field, where)
-
-
-def _number(entry: dict[str, Any], field: str, where: str) -> float:
-    value = _require(entry, field, where)
-    if not _is_number(value):
-        raise DatasetError(f"{where}: '{field}' must be a number, got {value!r}")
-    return float(value)
-
-
-def _positive(entry: dict[str, Any], field: str, where: str) -> float:
-    value = _number(entry, field, where)
-    if value <= 0:
-        raise DatasetError(f"{where}: '{field}' must be positive, got {value}")
-    return value
-
-
-def _integer(entry: dict[str, Any], field: str, where: str) -> int:
-    value = _require(entry, field, where)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DatasetError(f"{where}: '{field}' must be an integer, got {value!r}")
-    return value
-
-
-def _mapping(value: Any, where: str, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise DatasetError(f"{where}: expected {what}, got {type(value).__name__}")
-    return value
-
-
-def _list(value: Any, where: str, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise DatasetError(f"{where}: expected {what}, got {type(value).__name__}")
-    return value
-
-
-def _id_key(key: str, path: Path, what: str) -> int:
-    try:
-        return int(key)
-    except ValueError:
-        raise DatasetError(f"{path}: key {key!r} is not an integer {what} id") from None
-
-
-def _box(entry: dict[str, Any], field: str, where: str) -> tuple[int, int, int, int]:
-    x, y, w, h = (int(v) for v in _numbers(entry, field, 4, where))
-    return x, y, w, h
-
-
-def _readonly(array: np.ndarray) -> np.ndarray:
-    array.flags.writeable = False
-    return array
-
-
-# ------------------------------------------------------------------------------------
-# Parsers of the individual files
-# ------------------------------------------------------------------------------------
-
-
-def _parse_object_info(obj_id: int, entry: dict[str, Any], where: str) -> ObjectInfo:
-    diameter = _positive(entry, "diameter", where)
-    bbox_min = np.array([_number(entry, f"min_{axis}", where) for axis in "xyz"])
-    extents = np.array([_number(entry, f"size_{axis}", where) for axis in "xyz"])
-    discrete = _list(
-        entry.get("symmetries_discrete", []),
-        f"{where}: 'symmetries_discrete'",
-        "a list of 16-number lists",
-    )
-    symmetries_discrete = tuple(
-        _readonly(_number_list(value, 16, f"symmetries_discrete[{k}]", where).reshape(4, 4))
-        for k, value in enumerate(discrete)
-    )
-    continuous = _list(
-        entry.get("symmetries_continuous", []),
-        f"{where}: 'symmetries_continuous'",
-        "a list of {'axis', 'offset'} objects",
-    )
-    symmetries_continuous = []
-    for k, value in enumerate(continuous):
-        sym_where = f"{where}, symmetries_continuous[{k}]"
-        sym = _mapping(value, sym_where, "an object with 'axis' and 'offset'")
-        axis = _numbers(sym, "axis", 3, sym_where)
-        if not np.any(axis):
-            raise DatasetError(f"{sym_where}: 'axis' must not be the zero vector")
-        offset = _numbers(sym, "offset", 3, sym_where)
-        symmetries_continuous.append((_readonly(axis), _readonly(offset)))
-    return ObjectInfo(
-        obj_id=obj_id,
-        diameter=diameter,
-        bbox_min=_readonly(bbox_min),
-        extents=_readonly(extents),
-        symmetries_discrete=symmetries_discrete,
-        symmetries_continuous=tuple(symmetries_continuous),
-    )
-
-
-def load_models_info(path: str | Path) -> dict[int, ObjectInfo]:
-    """Read and validate a ``models_info.json``.
-
-    Args:
-        path: the file.
-
-    Returns:
-        Object id → :class:`ObjectInfo` (sizes in mm), in the file's order.
-
-    Raises:
-        DatasetError: missing file, invalid JSON, or a missing / malformed field; the
-            message names the file, the object id and the field.
-    """
-    path = Path(path)
-    data = _mapping(_read_json(path), str(path), "an object mapping object ids to entries")
-    infos: dict[int, ObjectInfo] = {}
-    for key, entry in data.items():
-        obj_id = _id_key(key, path, "object")
-        where = f"{path}: object {obj_id}"
-        infos[obj_id] = _parse_object_info(obj_id, _mapping(entry, where, "an object"), where)
-    return infos
-
-
-def _load_scene_camera(path: Path) -> dict[int, CameraInfo]:
-    data = _mapping(_read_json(path), str(path), "an object mapping image ids to cameras")
-    cameras: dict[int, CameraInfo] = {}
-    for key, entry in data.items():
-        im_id = _id_key(key, path, "image")
-        where = f"{path}: image {im_id}"
-        entry = _mapping(entry, where, "an object")
-        if "cam_K" not in entry and "cam_model" in entry:
-            raise DatasetError(f"{where}: missing 'cam_K' ('cam_model' cameras are not supported)")
-        K = _numbers(entry, "cam_K", 9, where).reshape(3, 3)
-        depth_scale = _positive(entry, "depth_scale", where)
-        R_w2c = t_w2c = None
-        if "cam_R_w2c" in entry:
-            R_w2c = _numbers(entry, "cam_R_w2c", 9, where).reshape(3, 3)
-        if "cam_t_w2c" in entry:
-            t_w2c = _numbers(entry, "cam_t_w2c", 3, where)
-        cameras[im_id] = CameraInfo(K=K, depth_scale=depth_scale, R_w2c=R_w2c, t_w2c=t_w2c)
-    return cameras
-
-
-def _load_per_image_lists(path: Path, parse: Callable[[dict, str], T]) -> dict[int, list[T]]:
-    """A scene file mapping image ids to lists of entries, each parsed by ``parse(entry, where)``."""
-    data = _mapping(_read_json(path), str(path), "an object mapping image ids to lists")
-    parsed: dict[int, list[T]] = {}
-    for key, entries in data.items():
-        im_id = _id_key(key, path, "image")
-        items = []
-        for index, entry in enumerate(_list(entries, f"{path}: image {im_id}", "a list")):
-            where = f"{path}: image {im_id}, entry {index}"
-            items.append(parse(_mapping(entry, where, "an object"), where))
-        parsed[im_id] = items
-    return parsed
-
-
-def _parse_gt(entry: dict, where: str) -> GTInstance:
-    return GTInstance(
-        obj_id=_integer(entry, "obj_id", where),
-        R=_numbers(entry, "cam_R_m2c", 9, where).reshape(3, 3),
-        t=_numbers(entry, "cam_t_m2c", 3, where),
-    )
-
-
-def _parse_gt_info(entry: dict, where: str) -> GTInfo:
-    return GTInfo(
-        bbox_obj=_box(entry, "bbox_obj", where),
-        bbox_visib=_box(entry, "bbox_visib", where),
-        px_count_all=_integer(entry, "px_count_all", where),
-        px_count_valid=_integer(entry, "px_count_valid", where),
-        px_count_visib=_integer(entry, "px_count_visib", where),
-        visib_fract=_number(entry, "visib_fract", where),
-    )
-
-
-def _check_same_ids(path: Path, ids: set[int], other_name: str, other_ids: set[int]) -> None:
-    if ids == other_ids:
-        return
-    only_here = sorted(ids - other_ids)[:5]
-    only_there = sorted(other_ids - ids)[:5]
-    raise DatasetError(
-        f"{path}: image ids differ from {other_name}: only here {only_here}, "
-        f"only in {other_name} {only_there} (first 5 shown)"
-    )
-
-
-def _check_gt_info_matches(
-    path: Path, infos: dict[int, list[GTInfo]], gts: dict[int, list[GTInstance]]
-) -> None:
-    _check_same_ids(path, set(infos), "scene_gt.json", set(gts))
-    for im_id, image_infos in infos.items():
-        if len(image_infos) != len(gts[im_id]):
-            raise DatasetError(
-                f"{path}: image {im_id}: {len(image_infos)} entries, "
-                f"but scene_gt.json has {len(gts[im_id])}"
-            )
 
 
 def _listing(directory: Path) -> frozenset[str]:
@@ -690,7 +331,7 @@ class BopDataset:
 
     def read_depth(self, split: str, scene_id: int, im_id: int, depth_scale: float) -> np.ndarray:
         """Read a depth image in mm: (H, W) float32 = stored value × ``depth_scale``
-        (take it from the image's :class:`CameraInfo`). 0 means no measurement."""
+        (take it from the image's :class:`~fastgdr.data.bop_records.CameraInfo`). 0 means no measurement."""
         path = self.depth_path(split, scene_id, im_id)
         depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if depth is None:

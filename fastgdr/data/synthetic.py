@@ -29,7 +29,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from fastgdr.data.bop import GTInfo
+from fastgdr.data.bop_records import GTInfo
 from fastgdr.data.mesh import save_ply
 from fastgdr.data.shapes import SyntheticObject, background_plane, make_objects
 from fastgdr.data.symmetry import rotation_about_axis

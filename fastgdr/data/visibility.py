@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastgdr.data.bop import GTInfo
+from fastgdr.data.bop_records import GTInfo
 
 NO_BOX = (-1, -1, -1, -1)
 
@@ -124,7 +124,7 @@ def gt_info_for_object(
         silhouette_offset: (x, y) of image pixel (0, 0) on the ``silhouette`` canvas, px.
 
     Returns:
-        A :class:`~fastgdr.data.bop.GTInfo`. As in BOP, both boxes are
+        A :class:`~fastgdr.data.bop_records.GTInfo`. As in BOP, both boxes are
         (-1, -1, -1, -1) when no pixel is visible, and ``bbox_obj`` is in image
         coordinates (it can start at negative x, y).
     """

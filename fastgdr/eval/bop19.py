@@ -41,302 +41,41 @@ Scores (:attr:`EvalResult.scores`):
   :func:`~fastgdr.eval.batched_errors.rotation_errors`: the angle between rotations, and
   never 0 for an estimated R that is not a rotation (results files may hold any matrix;
   they are scored as given, as the toolkit does).
+
+This module runs it: :func:`evaluate`, the per-image loop, and the gating and normalization
+of the errors. The protocol's constants are in :mod:`fastgdr.eval.protocol`; what the error
+functions see and compute them in :mod:`fastgdr.eval.error_backend`; the targets, the
+estimates and GTs that take part and the greedy matching in :mod:`fastgdr.eval.matching`;
+pooling the matches into recalls and :class:`~fastgdr.eval.recall.EvalResult` in
+:mod:`fastgdr.eval.recall`; the score files in :mod:`fastgdr.eval.scores`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
 
 import cv2
 import numpy as np
 import torch
 
-from fastgdr.data.bop import BopDataset, Scene, TestTarget
-from fastgdr.data.mesh import Mesh, load_ply
+from fastgdr.data.bop import BopDataset
+from fastgdr.data.bop_records import Scene, TestTarget
+from fastgdr.data.mesh import load_ply
 from fastgdr.data.symmetry import symmetry_transformations
 from fastgdr.errors import DatasetError, FastGDRError
 from fastgdr.eval import batched_errors
-from fastgdr.eval.results import (
-    RESULTS_FILE_KEY,
-    RESULTS_SHA256_KEY,
-    SCORE_FILES,
-    PoseEstimate,
-    file_sha256,
+from fastgdr.eval.error_backend import BatchedErrors, ErrorBackend, EvalModel, PairBatch
+from fastgdr.eval.matching import _estimates_per_target, _targets_per_image, greedy_match, valid_gt_indices
+from fastgdr.eval.protocol import (
+    _THRESHOLDS,
+    DEFAULT_VSD_DELTA_MM,
+    ERROR_TYPES,
+    MSPD_REFERENCE_WIDTH,
+    VSD_TAUS,
+    VSD_THETAS,
 )
-from fastgdr.outputs import atomic_write_text
-
-ERROR_TYPES = ("vsd", "mssd", "mspd", "ad")
-VSD_TAUS = np.arange(0.05, 0.51, 0.05)  # × diameter
-VSD_THETAS = np.arange(0.05, 0.51, 0.05)
-MSSD_THETAS = np.arange(0.05, 0.51, 0.05)  # × diameter
-MSPD_THRESHOLDS_PX = np.arange(5, 51, 5).astype(np.float64)  # at a 640 px wide image
-AD_THETAS = np.array([0.02, 0.05, 0.10])  # × diameter
-AD_THETA_NAMES = ("0.02", "0.05", "0.10")
-DEFAULT_VSD_DELTA_MM = 15.0
-MSPD_REFERENCE_WIDTH = 640.0
-
-# Matching thresholds per error type: one per column of the normalized error array.
-_THRESHOLDS: dict[str, np.ndarray] = {
-    "vsd": np.tile(VSD_THETAS, len(VSD_TAUS)),  # column i·10 + j: τ_i, θ_j
-    "mssd": MSSD_THETAS,
-    "mspd": MSPD_THRESHOLDS_PX,
-    "ad": AD_THETAS,
-}
-
-
-# ------------------------------------------------------------------------------------
-# Inputs of the error functions
-# ------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalModel:
-    """An object as the error functions see it (all from ``models_eval``).
-
-    Attributes:
-        obj_id: BOP object id.
-        mesh: the evaluation mesh (mm), for rendering.
-        points: (P, 3) float64 model vertices in mm.
-        sym_R: (S, 3, 3) float64 symmetry rotations (index 0 the identity).
-        sym_t: (S, 3) float64 symmetry translations in mm.
-        diameter: diameter in mm from models_eval/models_info.json.
-        symmetric: whether "ad" uses ADI (the object is in ``symmetric_obj_ids``).
-    """
-
-    obj_id: int
-    mesh: Mesh
-    points: torch.Tensor
-    sym_R: torch.Tensor
-    sym_t: torch.Tensor
-    diameter: float
-    symmetric: bool
-
-
-@dataclass
-class PairBatch:
-    """N (estimate, GT) pose pairs of one object in one image.
-
-    Attributes:
-        model: the object.
-        R_e, R_g: (N, 3, 3) float64 rotations, model → camera.
-        t_e, t_g: (N, 3) float64 translations, model → camera, mm.
-        K: (3, 3) float64 intrinsics of the image, px.
-        depth: (H, W) float64 test depth in mm (0 = missing), or None without VSD.
-    """
-
-    model: EvalModel
-    R_e: torch.Tensor
-    t_e: torch.Tensor
-    R_g: torch.Tensor
-    t_g: torch.Tensor
-    K: torch.Tensor
-    depth: torch.Tensor | None
-
-    def subset(self, index: torch.Tensor) -> PairBatch:
-        """The pairs selected by a boolean mask or index tensor (N,)."""
-        return PairBatch(
-            self.model, self.R_e[index], self.t_e[index], self.R_g[index], self.t_g[index],
-            self.K, self.depth,
-        )
-
-    def __len__(self) -> int:
-        return len(self.R_e)
-
-
-class ErrorBackend(Protocol):
-    """Computes raw (ungated, unnormalized) pose errors for a batch of pairs.
-
-    :class:`BatchedErrors` is the fast default; a per-pair loop over
-    :mod:`fastgdr.eval.reference_errors` is the reference (see benchmarks/bench_eval.py).
-    """
-
-    def vsd(self, pairs: PairBatch) -> torch.Tensor:
-        """(N, len(VSD_TAUS)) VSD errors in [0, 1]."""
-
-    def mssd(self, pairs: PairBatch) -> torch.Tensor:
-        """(N,) MSSD in mm."""
-
-    def mspd(self, pairs: PairBatch) -> torch.Tensor:
-        """(N,) MSPD in px."""
-
-    def ad(self, pairs: PairBatch) -> torch.Tensor:
-        """(N,) ADI in mm for symmetric objects (``pairs.model.symmetric``), else ADD."""
-
-
-class BatchedErrors:
-    """The default :class:`ErrorBackend`: :mod:`fastgdr.eval.batched_errors` on ``device``.
-
-    Args:
-        renderer: renderer holding the evaluation meshes, or None when VSD is not needed.
-        width, height: image size in px (VSD renders at this size).
-        vsd_delta: VSD visibility tolerance δ in mm.
-        device: torch device of the computations.
-    """
-
-    def __init__(self, renderer, width: int, height: int, vsd_delta: float, device: str | torch.device) -> None:
-        self._vsd = None
-        if renderer is not None:
-            self._vsd = batched_errors.VSDEvaluator(
-                renderer, width, height, vsd_delta, VSD_TAUS.tolist(),
-                normalized_by_diameter=True, device=device,
-            )
-
-    def vsd(self, pairs: PairBatch) -> torch.Tensor:
-        if self._vsd is None:
-            raise RuntimeError("BatchedErrors was built without a renderer: VSD is not available")
-        return self._vsd.errors(
-            pairs.model.obj_id, pairs.R_e, pairs.t_e, pairs.R_g, pairs.t_g, pairs.depth, pairs.K,
-            pairs.model.diameter,
-        )
-
-    def mssd(self, pairs: PairBatch) -> torch.Tensor:
-        m = pairs.model
-        return batched_errors.mssd_errors(pairs.R_e, pairs.t_e, pairs.R_g, pairs.t_g, m.points, m.sym_R, m.sym_t)
-
-    def mspd(self, pairs: PairBatch) -> torch.Tensor:
-        m = pairs.model
-        return batched_errors.mspd_errors(
-            pairs.R_e, pairs.t_e, pairs.R_g, pairs.t_g, pairs.K, m.points, m.sym_R, m.sym_t
-        )
-
-    def ad(self, pairs: PairBatch) -> torch.Tensor:
-        fn = batched_errors.adi_errors if pairs.model.symmetric else batched_errors.add_errors
-        return fn(pairs.R_e, pairs.t_e, pairs.R_g, pairs.t_g, pairs.model.points)
-
-
-# ------------------------------------------------------------------------------------
-# Matching
-# ------------------------------------------------------------------------------------
-
-
-def greedy_match(errors: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Greedy BOP matching of estimates to GTs, independently for every threshold.
-
-    Estimates are taken in the given order (sort them by descending score first). Each
-    takes the not yet matched GT with the smallest error (ties: the lowest GT index) and
-    the match counts only if that error is strictly below the threshold; otherwise the
-    estimate stays unmatched and the GT stays free. NaN errors never match.
-
-    Args:
-        errors: (E, G, C) errors of E estimates against G GTs, one column per threshold,
-            or (E, G, 1) when one error serves all thresholds.
-        thresholds: (C,) thresholds, in the unit of ``errors``.
-
-    Returns:
-        (E, C) int64: index of the GT matched by each estimate at each threshold, −1 when
-        none.
-    """
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    errors = np.asarray(errors, dtype=np.float64)
-    errors = np.where(np.isnan(errors), np.inf, errors)
-    num_est, num_gt, num_cols = errors.shape[0], errors.shape[1], len(thresholds)
-    errors = np.broadcast_to(errors, (num_est, num_gt, num_cols))
-    matched = np.full((num_est, num_cols), -1, dtype=np.int64)
-    if num_gt == 0:
-        return matched
-    taken = np.zeros((num_gt, num_cols), dtype=bool)
-    cols = np.arange(num_cols)
-    for k in range(num_est):
-        available = np.where(taken, np.inf, errors[k])
-        best = np.argmin(available, axis=0)
-        ok = available[best, cols] < thresholds
-        matched[k, ok] = best[ok]
-        taken[best[ok], cols[ok]] = True
-    return matched
-
-
-# ------------------------------------------------------------------------------------
-# Result
-# ------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalResult:
-    """Scores of one evaluation.
-
-    Attributes:
-        scores: the BOP keys and the extra ones (see the module docstring).
-        recalls: error type → pooled recall per threshold: "vsd" (10 τ, 10 θ), "mssd" (10,),
-            "mspd" (10,), "ad" (3,) — for the evaluated types.
-        per_object: obj_id → {"num_valid_gts", "num_estimates" (estimates used; both int),
-            "ar_vsd" / "ar_mssd" / "ar_mspd" (the object's mean recall over the
-            thresholds), "add_s_recall_0.02" / "_0.05" / "_0.10"} — the metrics evaluated.
-        num_estimates_used: estimates kept by the top-``inst_count`` rule.
-        num_targets: targets evaluated.
-        num_valid_gts: valid GT instances (the recall denominator).
-        error_types: the error types evaluated.
-    """
-
-    scores: dict[str, float]
-    recalls: dict[str, np.ndarray]
-    per_object: dict[int, dict[str, float]]
-    num_estimates_used: int
-    num_targets: int
-    num_valid_gts: int
-    error_types: tuple[str, ...] = field(default=ERROR_TYPES)
-
-
-class _Tally:
-    """Matched-GT counts per error type, object and threshold column."""
-
-    def __init__(self, error_types: Sequence[str]) -> None:
-        self.error_types = tuple(error_types)
-        self.matched = {et: defaultdict(lambda et=et: np.zeros(len(_THRESHOLDS[et]), np.int64)) for et in error_types}
-        self.valid: dict[int, int] = defaultdict(int)
-        self.used: dict[int, int] = defaultdict(int)
-        self.rotation_errors: list[np.ndarray] = []
-        self.translation_errors: list[np.ndarray] = []
-
-    def result(self, num_targets: int, time_per_image: float) -> EvalResult:
-        total_valid = sum(self.valid.values())
-        recalls: dict[str, np.ndarray] = {}
-        per_object: dict[int, dict[str, float]] = {
-            obj_id: {"num_valid_gts": self.valid[obj_id], "num_estimates": self.used[obj_id]}
-            for obj_id in sorted(self.valid)
-        }
-        for et in self.error_types:
-            counts = sum(self.matched[et].values(), np.zeros(len(_THRESHOLDS[et]), np.int64))
-            recalls[et] = _ratio(counts, total_valid)
-            for obj_id, row in per_object.items():
-                obj_recall = _ratio(self.matched[et][obj_id], self.valid[obj_id])
-                if et == "ad":
-                    row.update({f"add_s_recall_{n}": float(r) for n, r in zip(AD_THETA_NAMES, obj_recall)})
-                else:
-                    row[f"ar_{et}"] = float(obj_recall.mean())
-        scores: dict[str, float] = {}
-        bop = [et for et in ("vsd", "mssd", "mspd") if et in recalls]
-        if len(bop) == 3:
-            scores["bop19_average_recall"] = float(np.mean([recalls[et].mean() for et in bop]))
-        for et in bop:
-            scores[f"bop19_average_recall_{et}"] = float(recalls[et].mean())
-        scores["bop19_average_time_per_image"] = time_per_image
-        if "ad" in recalls:
-            scores.update({f"add_s_recall_{n}": float(r) for n, r in zip(AD_THETA_NAMES, recalls["ad"])})
-            re = np.concatenate(self.rotation_errors) if self.rotation_errors else np.zeros(0)
-            te = np.concatenate(self.translation_errors) if self.translation_errors else np.zeros(0)
-            scores["add_s_mean_rotation_error_deg"] = float(re.mean()) if len(re) else math.nan
-            scores["add_s_mean_translation_error_mm"] = float(te.mean()) if len(te) else math.nan
-        recalls = {et: (r.reshape(len(VSD_TAUS), len(VSD_THETAS)) if et == "vsd" else r) for et, r in recalls.items()}
-        return EvalResult(
-            scores=scores,
-            recalls=recalls,
-            per_object=per_object,
-            num_estimates_used=sum(self.used.values()),
-            num_targets=num_targets,
-            num_valid_gts=total_valid,
-            error_types=self.error_types,
-        )
-
-
-def _ratio(counts: np.ndarray, total: int) -> np.ndarray:
-    """counts / total as float64; 0 when total is 0 (as the toolkit reports)."""
-    return counts / total if total > 0 else np.zeros(len(counts))
+from fastgdr.eval.recall import EvalResult, _Tally, average_time_per_image
+from fastgdr.eval.results import PoseEstimate
 
 
 # ------------------------------------------------------------------------------------
@@ -432,20 +171,6 @@ def _image_size(dataset: BopDataset, split: str, per_image: dict[tuple[int, int]
     return int(depth.shape[1]), int(depth.shape[0])
 
 
-def average_time_per_image(estimates: Sequence[PoseEstimate]) -> float:
-    """Mean over the images with estimates of their per-image time (s), as BOP reports it.
-
-    The time of an image is the one of its first estimate (:func:`load_results` checks
-    they agree). Returns −1 when any time is negative or there are no estimates.
-    """
-    times: dict[tuple[int, int], float] = {}
-    for e in estimates:
-        if e.time < 0:
-            return -1.0
-        times.setdefault((e.scene_id, e.im_id), float(e.time))
-    return float(np.mean(list(times.values()))) if times else -1.0
-
-
 def _check_error_types(error_types: Sequence[str]) -> tuple[str, ...]:
     unknown = [et for et in error_types if et not in ERROR_TYPES]
     if unknown or not error_types:
@@ -454,37 +179,6 @@ def _check_error_types(error_types: Sequence[str]) -> tuple[str, ...]:
             if unknown else f"no error type given; choose one or more of {list(ERROR_TYPES)}"
         )
     return tuple(et for et in ERROR_TYPES if et in error_types)
-
-
-def _targets_per_image(targets: Sequence[TestTarget]) -> dict[tuple[int, int], dict[int, int]]:
-    """(scene, image) → {obj_id: inst_count}."""
-    per_image: dict[tuple[int, int], dict[int, int]] = defaultdict(dict)
-    for t in targets:
-        objects = per_image[(t.scene_id, t.im_id)]
-        if t.obj_id in objects:
-            raise DatasetError(
-                f"duplicate target: scene {t.scene_id}, image {t.im_id}, object {t.obj_id} "
-                f"is listed twice"
-            )
-        objects[t.obj_id] = t.inst_count
-    return dict(per_image)
-
-
-def _estimates_per_target(
-    estimates: Sequence[PoseEstimate], per_image: dict[tuple[int, int], dict[int, int]]
-) -> dict[tuple[int, int, int], list[PoseEstimate]]:
-    """(scene, image, object) → its top-``inst_count`` estimates, highest score first.
-
-    The sort is stable: estimates with equal scores keep their input order.
-    """
-    grouped: dict[tuple[int, int, int], list[PoseEstimate]] = defaultdict(list)
-    for e in estimates:
-        if e.obj_id in per_image.get((e.scene_id, e.im_id), ()):
-            grouped[(e.scene_id, e.im_id, e.obj_id)].append(e)
-    return {
-        key: sorted(group, key=lambda e: -e.score)[: per_image[key[:2]][key[2]]]
-        for key, group in grouped.items()
-    }
 
 
 def _load_model(dataset: BopDataset, obj_id: int, device: torch.device) -> EvalModel:
@@ -515,16 +209,6 @@ def _load_scene(dataset: BopDataset, split: str, scene_id: int) -> Scene:
         path = dataset.scene_dir(split, scene_id) / "scene_gt_info.json"
         raise DatasetError(f"{path}: file not found (the evaluation needs visib_fract per GT)")
     return scene
-
-
-def valid_gt_indices(visib_fracts: Sequence[float], inst_count: int) -> list[int]:
-    """Indices of the ``inst_count`` most visible GTs, returned in ascending index order.
-
-    Sorted by ``visib_fract`` descending; ties go to the lower index (the instance listed
-    first in scene_gt.json).
-    """
-    order = sorted(range(len(visib_fracts)), key=lambda i: -visib_fracts[i])
-    return sorted(order[: max(inst_count, 0)])
 
 
 def _evaluate_image(
@@ -657,84 +341,3 @@ def _progress_callback(progress: bool | Callable[[int, int], None], total: int) 
 
         return _Progress(None, tqdm(total=total, desc="evaluate", unit="img"), total)
     return _Progress(progress if callable(progress) else None, None, total)
-
-
-# ------------------------------------------------------------------------------------
-# Output
-# ------------------------------------------------------------------------------------
-
-
-def remove_scores(out_dir: str | Path) -> list[Path]:
-    """Delete the score files of :func:`write_scores` from ``out_dir`` (before a new results
-    file is written there: scores never stay beside a file they were not computed from).
-
-    Returns:
-        The files removed.
-    """
-    removed = []
-    for name in SCORE_FILES:
-        path = Path(out_dir) / name
-        if path.is_file():
-            path.unlink()
-            removed.append(path)
-    return removed
-
-
-def write_scores(result: EvalResult, out_dir: str | Path, results_file: str | Path | None = None) -> dict[str, Path]:
-    """Write ``scores_bop19.json`` (the scores; NaN as null), ``per_object.csv`` and
-    ``scores.md`` (both tables as markdown) into ``out_dir``.
-
-    Args:
-        result: the scores.
-        out_dir: the output folder (created).
-        results_file: the results CSV that was scored; its name and SHA-256 are recorded in
-            scores_bop19.json (``results_file``, ``results_sha256``) and scores.md, so that
-            readers (tools/report.py) can tell stale scores from current ones.
-
-    Returns:
-        name → path of the written files.
-    """
-    out_dir = Path(out_dir)
-    paths = dict(zip(("scores", "per_object", "markdown"), (out_dir / name for name in SCORE_FILES)))
-    scores: dict[str, float | str | None] = {
-        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.scores.items()
-    }
-    source = ""
-    if results_file is not None:
-        digest = file_sha256(results_file)
-        scores.update({RESULTS_FILE_KEY: Path(results_file).name, RESULTS_SHA256_KEY: digest})
-        source = f"\n\nScores of `{Path(results_file).name}` (SHA-256 {digest})."
-    columns = _per_object_columns(result)
-    lines = [",".join(["obj_id", *columns])]
-    for obj_id, row in result.per_object.items():
-        lines.append(",".join([str(obj_id), *(_cell(row[c]) for c in columns)]))
-    for key, text in (("per_object", "\n".join(lines)), ("markdown", format_scores(result) + source),
-                      ("scores", json.dumps(scores, indent=2))):  # the scores last: they mark a finished run
-        atomic_write_text(paths[key], text + "\n", what="scores file")
-    return paths
-
-
-def _per_object_columns(result: EvalResult) -> list[str]:
-    return list(next(iter(result.per_object.values()), {}).keys())
-
-
-def _cell(value: float) -> str:
-    """Counts as integers, scores with 6 decimals."""
-    return str(value) if isinstance(value, int) else f"{value:.6f}"
-
-
-def format_scores(result: EvalResult) -> str:
-    """The scores and the per-object table as markdown."""
-    lines = ["| score | value |", "|---|---|"]
-    lines += [f"| {k} | {_cell(v) if not math.isnan(v) else 'n/a'} |" for k, v in result.scores.items()]
-    lines += [
-        "",
-        f"{result.num_targets} targets, {result.num_valid_gts} valid GT instances, "
-        f"{result.num_estimates_used} estimates used",
-        "",
-    ]
-    columns = _per_object_columns(result)
-    lines += ["| obj_id | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for obj_id, row in result.per_object.items():
-        lines.append(f"| {obj_id} | " + " | ".join(_cell(row[c]) for c in columns) + " |")
-    return "\n".join(lines)

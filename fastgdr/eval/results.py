@@ -46,7 +46,7 @@ TIME_TOLERANCE_S = 0.001
 # rotations written with 4 or more decimals stay well below it.
 ROTATION_TOLERANCE = 1e-3
 # Keys of scores_bop19.json naming the results file the scores were computed from
-# (fastgdr.eval.bop19.write_scores; checked by fastgdr.report).
+# (fastgdr.eval.scores.write_scores; checked by fastgdr.report).
 RESULTS_FILE_KEY, RESULTS_SHA256_KEY = "results_file", "results_sha256"
 # Line numbers listed in a warning about non-rotations.
 _LINES_SHOWN = 10
@@ -54,7 +54,7 @@ _LINES_SHOWN = 10
 # count too): a results file named for one of them was made for that dataset.
 BOP_DATASET_NAMES = ("hb", "hope", "icbin", "icmi", "itodd", "lm", "lmo", "ruapc", "tless", "tudl", "tyol", "ycbv")
 _FIELDS = HEADER.split(",")
-# The files fastgdr.eval.bop19.write_scores writes into an output folder.
+# The files fastgdr.eval.scores.write_scores writes into an output folder.
 SCORE_FILES = ("scores_bop19.json", "per_object.csv", "scores.md")
 
 
