@@ -10,7 +10,7 @@ Examples:
   python benchmarks/acceleration_study.py --data /data/bop/lmo --out runs/lmo_study --input-res 256 \\
       --iterations 20000 --batch 48 --teacher runs/lmo_bm/model_final.pth --teacher runs/lmo_bm2/model_final.pth
 
-Variants (fastgdr/study.py): p (reference), p28 (FAST GDRNPP's: head D=28, fine-tuned from p
+Variants (fastgdr/study/plan.py): p (reference), p28 (FAST GDRNPP's: head D=28, fine-tuned from p
 for 3/8 of the budget), p28_pnp16 (Patch-PnP D=16 too), n, n28, kd_feature (FAST GDRNPP's
 feature MSE), kd_ot (ADLP's OT, weight tuned on a seed of its own), kd_naive, kd_ua (UA-KD
 with an ensemble of teachers), kd_feature_ot (feature + OT), p28_kd (FAST GDRNPP's P28-D).

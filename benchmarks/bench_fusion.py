@@ -8,7 +8,7 @@ Examples:
 For every configuration (configs/<name>.yaml, random weights) and ROI count, the whole
 network (crops in -> poses out) is timed with the reference blocks and with
 fastgdr.models.fusion's fused blocks, round-robin under one protocol
-(fastgdr.benchmark.measure_latency), so that both see the same machine load; the fused
+(fastgdr.bench.measure_latency), so that both see the same machine load; the fused
 network's largest difference from the reference (rotation matrix, translation in m,
 backbone features) is printed beside the speed-up. Run it with MALLOC_MMAP_THRESHOLD_=
 1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 on an otherwise idle machine (as
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fastgdr.benchmark import load_bench_configs, malloc_tuned, measure_latency
+from fastgdr.bench import load_bench_configs, malloc_tuned, measure_latency
 from fastgdr.export import random_roi_batch
 from fastgdr.models import GDRNPoseNet, decode_pose
 from fastgdr.models.fusion import fuse_for_inference

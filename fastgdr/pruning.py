@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
-from fastgdr.benchmark import LatencyStats, measure_latency
+from fastgdr.bench import LatencyStats, measure_latency
 from fastgdr.checkpoint import read_checkpoint, save_checkpoint
 from fastgdr.config import Config, GeoHeadConfig, ModelConfig, PatchPnPConfig, from_dict, to_dict
 from fastgdr.errors import ConfigError, FastGDRError
@@ -490,7 +490,7 @@ def summarize(
     """Costs and latency of the geometric head, Patch-PnP and the whole network of each model.
 
     Batch 1, eval and inference mode, on each model's device; the models are timed
-    interleaved (:func:`fastgdr.benchmark.measure_latency`). The head runs on the backbone features of a
+    interleaved (:func:`fastgdr.bench.measure_latency`). The head runs on the backbone features of a
     random crop, Patch-PnP on random inputs of its shapes.
     """
     modes = [m.training for m in models]

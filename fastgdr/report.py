@@ -10,7 +10,7 @@ per benchmarked config (the fastest one where several benchmarks timed the same 
 name). Then, in this order:
 
 1. **architecture**: the one config whose architecture (backbone and feature level, crop
-   size, head and Patch-PnP widths, region count: :func:`~fastgdr.benchmark.architecture_key`)
+   size, head and Patch-PnP widths, region count: :func:`~fastgdr.bench.architecture_key`)
    equals that of the run's ``config.yaml``;
 2. **name**: else the config whose name equals the run's name (the folder above
    ``eval``, e.g. ``runs/p28/eval`` → ``p28``), ignoring case;
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from fastgdr._compat import import_optional
-from fastgdr.benchmark import (
+from fastgdr.bench import (
     REFINE_PREFIX,
     TARGETS_TITLE,
     BenchResult,
@@ -55,7 +55,7 @@ PLOT_FILE = "speed_accuracy.png"
 class RunSummary:
     """Accuracy and timing of one evaluated run (an ``eval`` folder of tools/test.py).
 
-    ``architecture`` is the run's :func:`~fastgdr.benchmark.architecture_key`;
+    ``architecture`` is the run's :func:`~fastgdr.bench.architecture_key`;
     ``decoder`` how tools/test.py read poses from the network (see
     ``fastgdr.inference.decoding.DECODERS``); ``refine`` its depth refiner (``"none"``, ``"fast"``, ``"icp"``) and
     ``refine_ms_per_image`` the refinement time per image tools/test.py measured.
@@ -460,7 +460,7 @@ def build_report(
 
     Args:
         runs: evaluated runs (:func:`read_eval_dir`).
-        benches: ``(source, result)`` of benchmarks (:func:`fastgdr.benchmark.read_results`).
+        benches: ``(source, result)`` of benchmarks (:func:`fastgdr.bench.read_results`).
         rois: ROI count of the benchmark rows joined to the runs.
         runtime: ``"torch"`` or ``"onnxruntime"`` rows.
         latency: the plot's x axis: ``"bench"`` (joined benchmark rows), ``"eval"`` (each

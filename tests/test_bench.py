@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastgdr.benchmark import (
+from fastgdr.bench import (
     CSV_FIELDS,
     DEFAULT_MODULES,
     MALLOC_ENV,

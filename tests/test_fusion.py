@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fastgdr._compat import import_timm
-from fastgdr.benchmark import BenchSettings, _prepare_config
+from fastgdr.bench import BenchSettings
+from fastgdr.bench.runner import _prepare_config
 from fastgdr.config import load_config
 from fastgdr.data.detections import Detection
 from fastgdr.inference import PosePredictor

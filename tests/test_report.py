@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from fastgdr.benchmark import BenchResult, BenchRow, architecture_key, write_results
+from fastgdr.bench import BenchResult, BenchRow, architecture_key, write_results
 from fastgdr.config import load_config
 from fastgdr.errors import FastGDRError
 from fastgdr.report import (

@@ -19,7 +19,7 @@ the network (test-time crops from a 640x480 image, network, decoding, results CS
 depth refinement of the image's poses (refine_fast: GDRNPP's "fast" update, FAST GDRNPP's
 "-R"; refine_icp on request) on a rendered synthetic scene (needs moderngl over EGL).
 
-Protocol (fastgdr.benchmark.measure_latency): eval and inference mode, --warmup untimed
+Protocol (fastgdr.bench.measure_latency): eval and inference mode, --warmup untimed
 rounds, then --repeats rounds with all modules of all configurations timed round-robin
 (one measurement per ROI count, so that ratios between configurations see the same machine
 state: a network timed alone on a shared CPU drifts by 20 % within a minute);
@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from fastgdr.benchmark import (
+from fastgdr.bench import (
     DEFAULT_MODULES,
     MALLOC_ENV,
     MODULES,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fastgdr.benchmark import RESULTS_JSON, read_results
+from fastgdr.bench import RESULTS_JSON, read_results
 from fastgdr.cli import run_tool
 from fastgdr.errors import FastGDRError
 from fastgdr.outputs import check_out_dir, claim_outputs, remove_outputs
