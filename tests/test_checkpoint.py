@@ -170,7 +170,8 @@ class _Pickled:
 
 
 def test_unreadable_files_get_a_reason_and_never_the_advice_to_run_code(tmp_path, capsys):
-    cases = {"empty.pth": b"", "random.pth": os.urandom(4096), "text.pth": b"not a checkpoint"}
+    # random bytes, not starting as a pickle (0x80) or a zip (PK) would: those are cases of their own
+    cases = {"empty.pth": b"", "random.pth": b"\x07" + os.urandom(4095), "text.pth": b"not a checkpoint"}
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
     good = tmp_path / "good.pth"
