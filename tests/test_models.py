@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from fastgdr.checkpoint import save_checkpoint
 from fastgdr.config import load_config
 from fastgdr.errors import CheckpointError, UnknownNameError
 from fastgdr.models import (
@@ -68,6 +69,21 @@ def test_pretrained_weights_come_from_a_local_file(tmp_path):
     torch.save(full.state_dict(), path)
     module, _ = build_backbone("test_convnext", pretrained=path)
     assert torch.equal(module.state_dict()["stem_0.weight"], full.state_dict()["stem.0.weight"])
+
+
+def test_backbone_weights_come_from_a_fastgdr_run(tmp_path, tiny_model_config):
+    # a backbone pretraining is a fastgdr run: its checkpoint initialises later runs' backbones
+    trained = GDRNPoseNet.from_config(tiny_model_config)
+    path = save_checkpoint(tmp_path / "model_final.pth", trained)
+    module, _ = build_backbone("test_convnext", pretrained=path)
+    expected = trained.backbone.state_dict()
+    assert module.state_dict().keys() == expected.keys()
+    assert all(torch.equal(value, expected[key]) for key, value in module.state_dict().items())
+    with pytest.raises(CheckpointError, match="another backbone"):
+        build_backbone("resnet18", pretrained=path)
+    save_checkpoint(tmp_path / "no_backbone.pth", nn.Linear(2, 2))
+    with pytest.raises(CheckpointError, match="without backbone weights"):
+        build_backbone("test_convnext", pretrained=tmp_path / "no_backbone.pth")
 
 
 def test_bad_out_index_is_a_clear_error():

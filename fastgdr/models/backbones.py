@@ -3,7 +3,8 @@
 Presets carry the names the FAST GDRNPP paper uses; any other timm model name works too.
 The head reads the backbone's output channels and stride from timm's ``feature_info``
 (:class:`BackboneInfo`), never from a number typed into a config. Weights come from a
-local file only; nothing is downloaded.
+local file only; nothing is downloaded: a timm (or FasterViT) checkpoint, or the
+checkpoint of a fastgdr run, whose backbone is taken (a backbone pretraining, for one).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch import nn
 from fastgdr._compat import import_optional, import_timm
 from fastgdr.errors import CheckpointError, UnknownNameError
 from fastgdr.registry import Registry
+
+BACKBONE_PREFIX = "backbone."  # GDRNPoseNet's attribute: the key prefix in its checkpoints
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,10 @@ def build_backbone(
 
     Args:
         name: a preset name (``BACKBONE_PRESETS``) or any timm model name.
-        pretrained: local file with the backbone's weights (a timm checkpoint or state
-            dict of the full classification model); None for random initialisation.
+        pretrained: local file with the backbone's weights: a timm checkpoint or state
+            dict of the full classification model, or a fastgdr checkpoint (any run's
+            ``model_final.pth``) whose ``backbone.*`` weights are loaded strictly; None
+            for random initialisation.
         out_index: feature level; None uses the preset's stride-32 level.
         input_res: crop size in px (FasterViT's any-res models need it at build time).
 
@@ -124,6 +129,11 @@ def build_backbone(
     preset = resolve_backbone(name)
     index = preset.out_index if out_index is None else out_index
     weights = _check_weights_path(pretrained)
+    run_backbone = fastgdr_backbone_state(weights) if weights is not None else None
+    if run_backbone is not None:
+        module, info = build_backbone(name, None, out_index, input_res)
+        _load_run_backbone(module, run_backbone, weights)
+        return module, info
     if preset.source == "fastervit":
         return _build_fastervit(preset, weights, input_res)
     timm = import_timm()
@@ -160,6 +170,39 @@ def _check_weights_path(pretrained: str | Path | None) -> Path | None:
             "only; nothing is downloaded)"
         )
     return path
+
+
+def fastgdr_backbone_state(path: Path) -> dict[str, torch.Tensor] | None:
+    """The ``backbone.*`` weights of a fastgdr checkpoint, keyed as the backbone module's
+    own, or None when ``path`` is another kind of weights file (left to timm to read).
+
+    Raises:
+        CheckpointError: a fastgdr checkpoint that holds no backbone weights.
+    """
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint, or not one of ours: timm reads (and reports) it
+        return None
+    if not (isinstance(data, dict) and "fastgdr_version" in data and isinstance(data.get("model"), dict)):
+        return None
+    state = {key[len(BACKBONE_PREFIX):]: value for key, value in data["model"].items() if key.startswith(BACKBONE_PREFIX)}
+    if not state:
+        raise CheckpointError(f"{path} is a fastgdr checkpoint without backbone weights ('{BACKBONE_PREFIX}*' keys)")
+    return state
+
+
+def _load_run_backbone(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"cannot load the backbone of fastgdr checkpoint {path}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected and {len(mismatched)} mismatched weights "
+            f"(first: {(missing + unexpected + mismatched)[0]}); was it trained with another backbone?"
+        )
+    module.load_state_dict(state, strict=True)
 
 
 def _build_fastervit(
