@@ -136,6 +136,16 @@ def test_short_recipe_fills_the_keys_a_config_leaves_unset(tmp_path):
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.head_init) == ("ranger", 3e-4, "torch")
 
 
+def test_backbone_pretraining_recipe_is_short_without_pose_terms():
+    short = load_config(REPO / "configs/p.yaml", ["train.recipe=short"])
+    pretraining = load_config(REPO / "configs/p.yaml", ["train.recipe=backbone_pretraining"])
+    weights = pretraining.train.loss_weights
+    assert (weights.pm, weights.rot, weights.centroid, weights.z, pretraining.train.pnp_teacher_forcing) == (0, 0, 0, 0, 0)
+    assert min(weights.xyz, weights.mask_visible, weights.mask_amodal, weights.region) > 0
+    assert (pretraining.train.optimizer, pretraining.train.lr, pretraining.model.input) == (
+        short.train.optimizer, short.train.lr, short.model.input)
+
+
 def test_recipe_round_trips_through_the_resolved_config(tmp_path):
     cfg = load_config(REPO / "configs/p.yaml", ["train.recipe=short", "train.batch_size=8"])
     saved = save_config(cfg, tmp_path / "resolved.yaml")
@@ -143,7 +153,7 @@ def test_recipe_round_trips_through_the_resolved_config(tmp_path):
 
 
 def test_unknown_recipe_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"'train.recipe' must be one of 'gdrnpp', 'short'"):
+    with pytest.raises(ConfigError, match=r"'train.recipe' must be one of 'gdrnpp', 'short', 'backbone_pretraining'"):
         load_config(None, ["train.recipe=fast"])
 
 

@@ -46,3 +46,13 @@ def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     for key, value in top.items():
         out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+# ``backbone_pretraining``: the short recipe on a proxy task, the dense outputs alone
+# (coordinates, masks, regions; every pose term off), so that the backbone of one such run
+# can start many later runs (``model.backbone.pretrained=<its model_final.pth>``);
+# measured in docs/training.md.
+RECIPES["backbone_pretraining"] = _merged(
+    RECIPES["short"],
+    {"train": {"pnp_teacher_forcing": 0.0, "loss_weights": {"pm": 0.0, "rot": 0.0, "centroid": 0.0, "z": 0.0}}},
+)

@@ -208,9 +208,11 @@ class TrainConfig:
 
     Attributes:
         recipe: ``gdrnpp`` (the defaults below: GDRNPP's schedule, for long runs that
-            start from pretrained backbones) or ``short`` (from-scratch, small-batch runs
-            of minutes to hours; its values fill every key the config does not set, see
-            :data:`~fastgdr.config.recipes.RECIPES` and docs/training.md).
+            start from pretrained backbones), ``short`` (from-scratch, small-batch runs
+            of minutes to hours) or ``backbone_pretraining`` (``short`` without the pose
+            terms: a proxy task whose backbone starts later runs); a recipe's values fill
+            every key the config does not set, see :data:`~fastgdr.config.recipes.RECIPES`
+            and docs/training.md.
         iterations: total iterations; None derives them from ``epochs`` (or, with a time
             budget, leaves the budget alone to end the run); 0 writes the initialised
             model (an untrained baseline).
@@ -246,7 +248,7 @@ class TrainConfig:
         channels_last: channels-last memory format on CUDA.
     """
 
-    recipe: Literal["gdrnpp", "short"] = "gdrnpp"
+    recipe: Literal["gdrnpp", "short", "backbone_pretraining"] = "gdrnpp"
     iterations: int | None = None
     epochs: float = 40.0
     time_budget_minutes: float | None = None
