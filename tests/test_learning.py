@@ -7,9 +7,13 @@ not pass (docs/training.md records it), so it fails when learning breaks.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from fastgdr.checkpoint import read_checkpoint
 from fastgdr.config import load_config
 from fastgdr.data.train_dataset import CollateTargets
 from fastgdr.engine.trainer import build_train_dataset, open_dataset, train
@@ -62,3 +66,28 @@ def test_short_recipe_overfits_a_few_rois(tiny_dataset, tmp_path, recipe):
     xyz, mean_level, rotation_deg = overfit(tiny_dataset, tmp_path, recipe)
     assert xyz < 0.5 * mean_level, f"xyz L1 {xyz:.3f} vs its mean level {mean_level:.3f}"
     assert rotation_deg < 20.0, f"median rotation error on the training ROIs {rotation_deg:.1f}°"
+
+
+def test_bench_learning_pretrains_the_backbone_once_and_reports_it_apart(tiny_dataset, tmp_path):
+    cache = tmp_path / "pretraining"
+    tiny = [o for o in TINY_TRAIN_OVERRIDES if o.startswith(("model.", "data."))]
+
+    def bench(out: str) -> str:
+        cmd = [sys.executable, str(REPO / "benchmarks/bench_learning.py"), "--config", str(REPO / "configs/p.yaml"),
+               "--minutes", "0.05", "--out", str(tmp_path / out), "--data", str(tiny_dataset), "--points", "1",
+               "--decoders", "patchpnp", "--pretrain-iterations", "2", "--pretrain-dir", str(cache), *tiny]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    first = bench("run_a")
+    pretrained = read_checkpoint(cache / "model_final.pth")
+    assert pretrained["iteration"] == 2 and pretrained["config"]["train"]["recipe"] == "backbone_pretraining"
+    assert first.strip().splitlines()[-1].endswith(f"pretrain_iterations=2 pretrain_minutes={pretrained['elapsed_seconds'] / 60:.2f}")
+    run = read_checkpoint(tmp_path / "run_a" / "train" / "model_final.pth")
+    assert run["config"]["model"]["backbone"]["pretrained"] == str(cache / "model_final.pth")
+    start = read_checkpoint(tmp_path / "run_a" / "untrained" / "model_final.pth")["model"]
+    assert all(torch.equal(start[key], value) for key, value in pretrained["model"].items() if key.startswith("backbone."))
+    second = bench("run_b")  # a second run reuses the pretraining
+    assert "backbone pretraining: already done, skipped" in second
+    assert read_checkpoint(cache / "model_final.pth")["elapsed_seconds"] == pretrained["elapsed_seconds"]
