@@ -8,7 +8,7 @@ import torch
 
 from fastgdr._compat import import_timm
 from fastgdr.bench import BenchSettings
-from fastgdr.bench.runner import _prepare_config
+from fastgdr.bench.runner import prepare_config
 from fastgdr.config import load_config
 from fastgdr.data.detections import Detection
 from fastgdr.inference import PosePredictor
@@ -187,5 +187,5 @@ def test_benchmark_fuses_unless_compiling(tmp_path):
     resnet_cfg = load_config(None, [*TINY_MODEL_OVERRIDES, "model.input_res=64",
                                     "model.backbone.name=test_resnet"]).model
     settings = BenchSettings(rois=(1,))
-    assert _prepare_config("tiny", convnext_cfg, settings, tmp_path).fused
-    assert not _prepare_config("tiny_resnet", resnet_cfg, settings, tmp_path).fused  # nothing to fuse: not marked
+    assert prepare_config("tiny", convnext_cfg, settings, tmp_path).fused
+    assert not prepare_config("tiny_resnet", resnet_cfg, settings, tmp_path).fused  # nothing to fuse: not marked

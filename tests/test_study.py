@@ -10,7 +10,6 @@ import torch
 from fastgdr.checkpoint import save_checkpoint
 from fastgdr.errors import FastGDRError
 from fastgdr.study import (
-    VARIANTS,
     RunResult,
     StageBuilder,
     StudyPlan,

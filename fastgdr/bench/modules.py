@@ -223,7 +223,7 @@ def _refine_calls(
     }
 
 
-def _prepare_timed(
+def prepare_timed(
     model: GDRNPoseNet, inputs: Mapping[str, torch.Tensor], input_res: int, settings: "BenchSettings", tmp: Path,
     scene: tuple[Renderer, Mapping[int, Mesh]] | None,
 ) -> _Timed:

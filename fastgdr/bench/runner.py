@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from fastgdr.bench.configs import architecture_key
 from fastgdr.bench.machine import DTYPES, MALLOC_ENV, environment, malloc_tuned, resolve_device
-from fastgdr.bench.modules import MODULE_CALLS, MODULE_COSTS, _prepare_timed, compile_frozen, scene_meshes
+from fastgdr.bench.modules import MODULE_CALLS, MODULE_COSTS, compile_frozen, prepare_timed, scene_meshes
 from fastgdr.bench.onnx_timing import call_without_env, time_onnx
 from fastgdr.bench.results import BenchResult
 from fastgdr.bench.rows import BenchRow, matmul_key, progress_line, row_key
@@ -82,7 +82,7 @@ class _PreparedConfig:
         return (self.costs[rois][name].params, self.costs[rois][name].gflops) if name else (0, 0.0)
 
 
-def _prepare_config(label: str, cfg: ModelConfig, settings: BenchSettings, tmp: Path) -> _PreparedConfig:
+def prepare_config(label: str, cfg: ModelConfig, settings: BenchSettings, tmp: Path) -> _PreparedConfig:
     device = resolve_device(settings.device)
     model = GDRNPoseNet.from_config(cfg).to(device).eval()
     costs = {rois: {c.name: c for c in model_costs(model, rois, cfg.input_res)} for rois in settings.rois}
@@ -120,7 +120,7 @@ def _time_configs(
     for p in prepared:
         folder = tmp / p.label
         folder.mkdir(exist_ok=True)
-        timed = _prepare_timed(p.model, p.inputs[rois], p.cfg.input_res, settings, folder, scene)
+        timed = prepare_timed(p.model, p.inputs[rois], p.cfg.input_res, settings, folder, scene)
         calls += [MODULE_CALLS[m](timed) for m in settings.modules]
         names += [(p, m) for m in settings.modules]
     if settings.compile:
@@ -204,7 +204,7 @@ def run_benchmark(
         tmp = Path(tmp_dir)
         prepared = []
         for i, (label, (source, cfg)) in enumerate(configs.items(), start=1):
-            prepared.append(_prepare_config(label, cfg, settings, tmp))
+            prepared.append(prepare_config(label, cfg, settings, tmp))
             result.configs[label] = {"source": str(source), "architecture": architecture_key(cfg),
                                      "model": to_dict(cfg)}
             params, gflops = prepared[-1].cost("network", settings.rois[0])

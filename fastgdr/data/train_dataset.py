@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, Sampler
 from fastgdr.config import AugmentConfig
 from fastgdr.data.augment import BackgroundSource, color_augment, replace_background, truncate_mask
 from fastgdr.data.bop import BopDataset
-from fastgdr.data.mesh import Mesh, load_ply
+from fastgdr.data.mesh import Mesh
 from fastgdr.data.symmetry import (
     canonical_symmetry_index,
     farthest_point_sampling,

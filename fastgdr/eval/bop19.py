@@ -65,16 +65,16 @@ from fastgdr.data.symmetry import symmetry_transformations
 from fastgdr.errors import DatasetError, FastGDRError
 from fastgdr.eval import batched_errors
 from fastgdr.eval.error_backend import BatchedErrors, ErrorBackend, EvalModel, PairBatch
-from fastgdr.eval.matching import _estimates_per_target, _targets_per_image, greedy_match, valid_gt_indices
+from fastgdr.eval.matching import estimates_per_target, greedy_match, targets_per_image, valid_gt_indices
 from fastgdr.eval.protocol import (
-    _THRESHOLDS,
     DEFAULT_VSD_DELTA_MM,
     ERROR_TYPES,
     MSPD_REFERENCE_WIDTH,
+    THRESHOLDS,
     VSD_TAUS,
     VSD_THETAS,
 )
-from fastgdr.eval.recall import EvalResult, _Tally, average_time_per_image
+from fastgdr.eval.recall import EvalResult, Tally, average_time_per_image
 from fastgdr.eval.results import PoseEstimate
 
 
@@ -119,8 +119,8 @@ def evaluate(
     error_types = _check_error_types(error_types)
     estimates = list(estimates)
     targets = list(dataset.load_test_targets() if targets is None else targets)
-    per_image = _targets_per_image(targets)
-    candidates = _estimates_per_target(estimates, per_image)
+    per_image = targets_per_image(targets)
+    candidates = estimates_per_target(estimates, per_image)
     device = torch.device(device)
     obj_ids = sorted({t.obj_id for t in targets})
     models = {obj_id: _load_model(dataset, obj_id, device) for obj_id in obj_ids}
@@ -134,7 +134,7 @@ def evaluate(
         delta = dataset.card.vsd_delta_mm if dataset.card is not None else DEFAULT_VSD_DELTA_MM
         backend = BatchedErrors(renderer, width, height, delta, device)
     report = _progress_callback(progress, len(per_image))
-    tally = _Tally(error_types)
+    tally = Tally(error_types)
     scenes: dict[int, Scene] = {}
     try:
         for done, (scene_id, im_id) in enumerate(sorted(per_image), start=1):
@@ -219,7 +219,7 @@ def _evaluate_image(
     candidates: dict[tuple[int, int, int], list[PoseEstimate]],
     models: dict[int, EvalModel],
     backend: ErrorBackend,
-    tally: _Tally,
+    tally: Tally,
     width: int,
     height: int,
     device: torch.device,
@@ -245,7 +245,7 @@ def _evaluate_image(
         pairs = _pairs(models[obj_id], kept, [gts[i] for i in valid], K, depth, device)
         for et in tally.error_types:
             errors = _normalized_errors(et, backend, pairs, width).reshape(len(kept), len(valid), -1)
-            matched = greedy_match(errors, _THRESHOLDS[et])
+            matched = greedy_match(errors, THRESHOLDS[et])
             tally.matched[et][obj_id] += (matched >= 0).sum(axis=0)
             if et == "ad":
                 _collect_pose_errors(pairs, matched[:, -1], len(valid), tally)
@@ -303,7 +303,7 @@ def _normalized_errors(error_type: str, backend: ErrorBackend, pairs: PairBatch,
     return (errors / diameter)[:, None]
 
 
-def _collect_pose_errors(pairs: PairBatch, matched: np.ndarray, num_gts: int, tally: _Tally) -> None:
+def _collect_pose_errors(pairs: PairBatch, matched: np.ndarray, num_gts: int, tally: Tally) -> None:
     """Rotation (deg) and translation (mm) errors of the pairs matched at 0.10·diameter."""
     est = np.nonzero(matched >= 0)[0]
     if len(est) == 0:

@@ -15,7 +15,7 @@ from fastgdr.errors import DatasetError
 from fastgdr.eval.results import PoseEstimate
 
 
-def _targets_per_image(targets: Sequence[TestTarget]) -> dict[tuple[int, int], dict[int, int]]:
+def targets_per_image(targets: Sequence[TestTarget]) -> dict[tuple[int, int], dict[int, int]]:
     """(scene, image) → {obj_id: inst_count}."""
     per_image: dict[tuple[int, int], dict[int, int]] = defaultdict(dict)
     for t in targets:
@@ -29,7 +29,7 @@ def _targets_per_image(targets: Sequence[TestTarget]) -> dict[tuple[int, int], d
     return dict(per_image)
 
 
-def _estimates_per_target(
+def estimates_per_target(
     estimates: Sequence[PoseEstimate], per_image: dict[tuple[int, int], dict[int, int]]
 ) -> dict[tuple[int, int, int], list[PoseEstimate]]:
     """(scene, image, object) → its top-``inst_count`` estimates, highest score first.

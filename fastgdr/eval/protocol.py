@@ -17,7 +17,7 @@ DEFAULT_VSD_DELTA_MM = 15.0
 MSPD_REFERENCE_WIDTH = 640.0
 
 # Matching thresholds per error type: one per column of the normalized error array.
-_THRESHOLDS: dict[str, np.ndarray] = {
+THRESHOLDS: dict[str, np.ndarray] = {
     "vsd": np.tile(VSD_THETAS, len(VSD_TAUS)),  # column i·10 + j: τ_i, θ_j
     "mssd": MSSD_THETAS,
     "mspd": MSPD_THRESHOLDS_PX,

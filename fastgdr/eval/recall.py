@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastgdr.eval.protocol import _THRESHOLDS, AD_THETA_NAMES, ERROR_TYPES, VSD_TAUS, VSD_THETAS
+from fastgdr.eval.protocol import AD_THETA_NAMES, ERROR_TYPES, THRESHOLDS, VSD_TAUS, VSD_THETAS
 from fastgdr.eval.results import PoseEstimate
 
 
@@ -42,12 +42,12 @@ class EvalResult:
     error_types: tuple[str, ...] = field(default=ERROR_TYPES)
 
 
-class _Tally:
+class Tally:
     """Matched-GT counts per error type, object and threshold column."""
 
     def __init__(self, error_types: Sequence[str]) -> None:
         self.error_types = tuple(error_types)
-        self.matched = {et: defaultdict(lambda et=et: np.zeros(len(_THRESHOLDS[et]), np.int64)) for et in error_types}
+        self.matched = {et: defaultdict(lambda et=et: np.zeros(len(THRESHOLDS[et]), np.int64)) for et in error_types}
         self.valid: dict[int, int] = defaultdict(int)
         self.used: dict[int, int] = defaultdict(int)
         self.rotation_errors: list[np.ndarray] = []
@@ -61,7 +61,7 @@ class _Tally:
             for obj_id in sorted(self.valid)
         }
         for et in self.error_types:
-            counts = sum(self.matched[et].values(), np.zeros(len(_THRESHOLDS[et]), np.int64))
+            counts = sum(self.matched[et].values(), np.zeros(len(THRESHOLDS[et]), np.int64))
             recalls[et] = _ratio(counts, total_valid)
             for obj_id, row in per_object.items():
                 obj_recall = _ratio(self.matched[et][obj_id], self.valid[obj_id])
