@@ -21,15 +21,17 @@ Stages (a re-run skips the finished ones):
   4. every saved model evaluated on the held-out test split from the dataset's detections,
      with each of --decoders (inference and BOP 2019 scoring are not counted in M).
 Outputs in OUT: curve.csv, curve.png, loss_curves.png (every loss term of the run), the
-run folder (train/, with metrics.csv) and the
-last line  AR=<x> ADD-S=<y> iterations=<n> minutes=<m>  for the final model with
---decoder (plus  pretrain_iterations=<n> pretrain_minutes=<m>  with a pretraining). Defaults: the short training recipe, 128 px crops, batch 16 (overridable with
-dotted config overrides). Time it on an idle machine: other jobs slow training directly.
+run folder (train/, with metrics.csv) and the last line
+  AR=<x> ADD-S=<y> iterations=<n> minutes=<m>
+for the final model with --decoder (plus  pretrain_iterations=<n> pretrain_minutes=<m>  with
+a pretraining). Defaults: the short training recipe, 128 px crops, batch 16 (overridable
+with dotted config overrides). Time it on an idle machine: other jobs slow training directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 from fastgdr.checkpoint import read_checkpoint
@@ -60,10 +62,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain-iterations", type=int, default=0,
                         help="pretrain the backbone for this many iterations first (0: none; not counted in --minutes)")
     parser.add_argument("--pretrain-dir", type=Path,
-                        help="the backbone pretraining's run folder, reused when finished "
-                             "(default runs/backbone_pretraining/<config>_<iterations>)")
+                        help="the backbone pretraining's run folder, reused when finished (default "
+                             "runs/backbone_pretraining/<config>_<iterations>[_<digest of model./data. overrides>])")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides (after the defaults above)")
     return parser.parse_args()
+
+
+def default_pretrain_dir(config: Path, iterations: int, settings: list[str]) -> Path:
+    """runs/backbone_pretraining/<config>_<iterations>, plus a digest of the model and data
+    overrides when there are any (a pretraining at other settings never stands in for it)."""
+    name = f"{config.stem}_{iterations}"
+    if settings:
+        name += "_" + hashlib.sha1(" ".join(settings).encode()).hexdigest()[:8]
+    return Path("runs/backbone_pretraining") / name
 
 
 def main() -> int:
@@ -82,9 +93,10 @@ def main() -> int:
     overrides = (*DEFAULT_OVERRIDES, f"train.seed={args.seed}", *args.overrides)
     fractions = [round(i / args.points, 4) for i in range(1, args.points)]
     stages = []
-    pretrain_dir = args.pretrain_dir or Path("runs/backbone_pretraining") / f"{args.config.stem}_{args.pretrain_iterations}"
+    own_settings = [o for o in args.overrides if o.startswith(("model.", "data."))]
+    pretrain_dir = args.pretrain_dir or default_pretrain_dir(args.config, args.pretrain_iterations, own_settings)
     if args.pretrain_iterations:
-        shared = [o for o in (*DEFAULT_OVERRIDES, *args.overrides) if o.startswith(("model.", "data."))]
+        shared = [o for o in DEFAULT_OVERRIDES if o.startswith(("model.", "data."))] + own_settings
         stages.append(Stage(
             "backbone pretraining", "train.py",
             ("--config", str(args.config), "--data", str(args.data), "--out", str(pretrain_dir), "--no-progress",
