@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from fastgdr._compat import import_timm
 from fastgdr.checkpoint import save_checkpoint
 from fastgdr.config import load_config
 from fastgdr.errors import CheckpointError, UnknownNameError
@@ -63,7 +64,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
 
 
 def test_pretrained_weights_come_from_a_local_file(tmp_path):
-    timm = pytest.importorskip("timm")
+    timm = import_timm()  # with the torchvision repair, whatever ran before
     full = timm.create_model("test_convnext", pretrained=False)
     path = tmp_path / "test_convnext.pth"
     torch.save(full.state_dict(), path)
