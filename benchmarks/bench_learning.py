@@ -45,6 +45,7 @@ BATCH_SIZE = 16
 DEFAULT_OVERRIDES = ("train.recipe=short", "model.input_res=128", f"train.batch_size={BATCH_SIZE}", "data.num_workers=0")
 DETECTIONS = Path("detections/synth_default_detections_test.json")
 PRETRAIN_SEED = 100  # the backbone pretraining's seed, apart from the runs' seeds 0, 1, …
+SHARED_SETTINGS = ("model.", "data.")  # the overrides a run's pretraining shares with it
 
 
 def parse_args() -> argparse.Namespace:
@@ -85,18 +86,18 @@ def main() -> int:
     unknown = [d for d in decoders if d not in DECODERS]
     if unknown:
         raise SystemExit(f"unknown decoder(s) {', '.join(unknown)}; valid: {', '.join(DECODERS)}")
+    if args.pretrain_iterations < 0:
+        raise SystemExit(f"--pretrain-iterations must be >= 0, got {args.pretrain_iterations}")
     if not (args.data / "test_targets_bop19.json").exists():
         print(f"generating the default synthetic dataset in {args.data}")
         generate_dataset(args.data, SyntheticSpec())
-    if args.pretrain_iterations < 0:
-        raise SystemExit(f"--pretrain-iterations must be >= 0, got {args.pretrain_iterations}")
     overrides = (*DEFAULT_OVERRIDES, f"train.seed={args.seed}", *args.overrides)
     fractions = [round(i / args.points, 4) for i in range(1, args.points)]
     stages = []
-    own_settings = [o for o in args.overrides if o.startswith(("model.", "data."))]
+    own_settings = [o for o in args.overrides if o.startswith(SHARED_SETTINGS)]
     pretrain_dir = args.pretrain_dir or default_pretrain_dir(args.config, args.pretrain_iterations, own_settings)
     if args.pretrain_iterations:
-        shared = [o for o in DEFAULT_OVERRIDES if o.startswith(("model.", "data."))] + own_settings
+        shared = [o for o in DEFAULT_OVERRIDES if o.startswith(SHARED_SETTINGS)] + own_settings
         stages.append(Stage(
             "backbone pretraining", "train.py",
             ("--config", str(args.config), "--data", str(args.data), "--out", str(pretrain_dir), "--no-progress",

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fastgdr._compat import import_optional, import_timm
+from fastgdr.checkpoint import load_weights
 from fastgdr.errors import CheckpointError, UnknownNameError
 from fastgdr.registry import Registry
 
@@ -132,7 +133,7 @@ def build_backbone(
     run_backbone = fastgdr_backbone_state(weights) if weights is not None else None
     if run_backbone is not None:
         module, info = build_backbone(name, None, out_index, input_res)
-        _load_run_backbone(module, run_backbone, weights)
+        load_weights(module, run_backbone, strict=True, source=f"the backbone of {weights} (a run with another backbone?)")
         return module, info
     if preset.source == "fastervit":
         return _build_fastervit(preset, weights, input_res)
@@ -189,20 +190,6 @@ def fastgdr_backbone_state(path: Path) -> dict[str, torch.Tensor] | None:
     if not state:
         raise CheckpointError(f"{path} is a fastgdr checkpoint without backbone weights ('{BACKBONE_PREFIX}*' keys)")
     return state
-
-
-def _load_run_backbone(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"cannot load the backbone of fastgdr checkpoint {path}: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected and {len(mismatched)} mismatched weights "
-            f"(first: {(missing + unexpected + mismatched)[0]}); was it trained with another backbone?"
-        )
-    module.load_state_dict(state, strict=True)
 
 
 def _build_fastervit(
