@@ -130,6 +130,8 @@ def test_short_recipe_fills_the_keys_a_config_leaves_unset(tmp_path):
     assert (gdrnpp.train.optimizer, gdrnpp.train.head_init, gdrnpp.data.canonical_symmetry) == ("ranger", "gdrnpp", False)
     assert (short.train.optimizer, short.train.head_init, short.data.canonical_symmetry) == ("adamw", "torch", True)
     assert short.model.input.std != (1.0, 1.0, 1.0)
+    assert (gdrnpp.data.augment.dzi_scale_ratio, short.data.augment.dzi_scale_ratio) == (0.25, 0.1)
+    assert (gdrnpp.data.augment.dzi_shift_ratio, short.data.augment.dzi_shift_ratio) == (0.25, 0.1)
     # the config's own values win over the recipe's, wherever they come from
     path = write(tmp_path, "train:\n  recipe: short\n  optimizer: ranger\n")
     cfg = load_config(path, ["train.lr=3e-4"])

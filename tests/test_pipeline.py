@@ -71,3 +71,53 @@ def test_report_from_fixture_files(tmp_path):
     missing = subprocess.run([sys.executable, str(REPO / "tools/report.py"), str(tmp_path), "--out", str(tmp_path / "r")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "scores_bop19.json is missing" in missing.stderr
+
+
+SLEEPER = """import os, sys, time
+start = time.time()
+time.sleep(float(sys.argv[2]))
+if sys.argv[3] != "0":
+    sys.exit(int(sys.argv[3]))
+open(sys.argv[1], "w").write(f"{start} {time.time()} {os.environ.get('OMP_NUM_THREADS')}")
+"""
+
+
+def sleeper_stages(tmp_path, codes=(0, 0), seconds=(1.0, 1.0)):
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    return [Stage(f"s{i}", str(script), (str(tmp_path / f"s{i}.txt"), str(wait), str(code)), (tmp_path / f"s{i}.txt",),
+                  group="g") for i, (code, wait) in enumerate(zip(codes, seconds))]
+
+
+def intervals(tmp_path, count=2):
+    return [tuple(float(v) for v in (tmp_path / f"s{i}.txt").read_text().split()[:2]) for i in range(count)]
+
+
+def test_a_group_runs_together_with_the_cores_split_between_its_stages(tmp_path):
+    result = run_pipeline(sleeper_stages(tmp_path), tmp_path / "logs", announce=lambda _: None, cores=2)
+    (a_start, a_end), (b_start, b_end) = intervals(tmp_path)
+    assert a_start < b_end and b_start < a_end  # overlapping
+    assert [(tmp_path / f"s{i}.txt").read_text().split()[2] for i in range(2)] == ["1", "1"]
+    assert [(r.group, r.threads) for r in result.records] == [("g", 1), ("g", 1)]
+    assert result.seconds < sum(r.seconds for r in result.records)
+    recorded = json.loads((tmp_path / "pipeline.json").read_text())
+    assert [(r["name"], r["threads"]) for r in recorded] == [("s0", 1), ("s1", 1)]
+
+
+def test_a_group_runs_one_stage_after_the_other_on_too_few_cores(tmp_path):
+    result = run_pipeline(sleeper_stages(tmp_path, seconds=(0.3, 0.3)), tmp_path / "logs", announce=lambda _: None,
+                          cores=1)
+    (_, a_end), (b_start, _) = intervals(tmp_path)
+    assert b_start >= a_end
+    assert [r.threads for r in result.records] == [None, None]
+
+
+def test_a_failing_stage_of_a_group_lets_the_other_finish_then_stops(tmp_path):
+    with pytest.raises(FastGDRError, match=r"stage 's0' failed \(exit 3\)") as err:
+        run_pipeline(sleeper_stages(tmp_path, codes=(3, 0), seconds=(0.1, 1.0)), tmp_path / "logs",
+                     announce=lambda _: None, cores=2)
+    assert "'s1'" not in str(err.value)
+    assert (tmp_path / "s1.txt").exists()  # the other stage's work is kept
+    rerun = run_pipeline(sleeper_stages(tmp_path, codes=(0, 0), seconds=(0.1, 0.1)), tmp_path / "logs",
+                         announce=lambda _: None, cores=2)
+    assert [r.status for r in rerun.records] == ["ran", "skipped"]

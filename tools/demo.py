@@ -1,7 +1,7 @@
 """The main job: synthetic data → P students → pruning → (distillation) → inference, refinement and BOP evaluation → latency → report.
 
 Examples:
-  python tools/demo.py                 # the full CPU demo into runs/demo (20 min on 2 idle cores)
+  python tools/demo.py                 # the full CPU demo into runs/demo (~28 min on 2 idle cores)
   python tools/demo.py --quick         # a small variant (a few minutes; the test suite runs it)
   python tools/demo.py --distill --out runs/demo_kd   # also a teacher (N) and distilled P students
   python tools/demo.py --out runs/demo2

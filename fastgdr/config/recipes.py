@@ -11,7 +11,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "gdrnpp": {},
     "short": {
         "model": {"input": {"mean": [0.406, 0.456, 0.485], "std": [0.225, 0.224, 0.229]}},
-        "data": {"canonical_symmetry": True, "augment": {"color_prob": 0.0, "background_prob": 0.0}},
+        "data": {
+            "canonical_symmetry": True,
+            "augment": {"color_prob": 0.0, "background_prob": 0.0, "dzi_scale_ratio": 0.1, "dzi_shift_ratio": 0.1},
+        },
         "train": {
             "optimizer": "adamw",
             "lr": 1e-3,
