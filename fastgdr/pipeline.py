@@ -146,9 +146,9 @@ class PipelineResult:
 
 
 def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
-    """Synthetic data → P (every seed) and an untrained P → each P pruned to P28 and
-    fine-tuned → with ``budget.distill``, a teacher (N) and P distilled from it (every
-    seed) → per-term loss curves of every trained run → inference from the detections and
+    """Synthetic data → P (every seed, side by side) and an untrained P → each P pruned to
+    P28 → the P28 fine-tuned (side by side) → with ``budget.distill``, a teacher (N) and P
+    distilled from it (every seed, side by side) → per-term loss curves of every trained run → inference from the detections and
     BOP evaluation of every model, with GDRNPP's fast depth refinement for P and P28 of the
     first seed (the "-R" configurations) → latency benchmark at the demo's crop size →
     model report of the presets → summary table, seed spread and speed/accuracy plot."""
