@@ -148,10 +148,11 @@ class PipelineResult:
 def demo_stages(out: Path, budget: DemoBudget) -> list[Stage]:
     """Synthetic data → P (every seed, side by side) and an untrained P → each P pruned to
     P28 → the P28 fine-tuned (side by side) → with ``budget.distill``, a teacher (N) and P
-    distilled from it (every seed, side by side) → per-term loss curves of every trained run → inference from the detections and
-    BOP evaluation of every model, with GDRNPP's fast depth refinement for P and P28 of the
-    first seed (the "-R" configurations) → latency benchmark at the demo's crop size →
-    model report of the presets → summary table, seed spread and speed/accuracy plot."""
+    distilled from it (every seed, side by side) → per-term loss curves of every trained
+    run → inference from the detections and BOP evaluation of every model, with GDRNPP's
+    fast depth refinement for P and P28 of the first seed (the "-R" configurations) →
+    latency benchmark at the demo's crop size → model report of the presets → summary
+    table, seed spread and speed/accuracy plot."""
     data = out / "data" / "synth"
     detections = data / "detections" / "synth_default_detections_test.json"
     first_seed = budget.seeds[0]
@@ -289,7 +290,7 @@ def run_pipeline(
     The stages of a group that are still to do run at the same time when there are at
     least as many ``cores`` (default: :func:`available_cores`) as stages, each with an
     equal share of the cores (``OMP_NUM_THREADS``): on a 2-core CPU two 1-thread trainings
-    together do ~10 % more iterations per second than one after the other with 2 threads
+    together did ~13 % more iterations per minute than one after the other with 2 threads
     (docs/training.md). Otherwise they run one after the other. A group with a failed stage
     lets the others finish (their outputs are kept) and then stops the pipeline.
     """
@@ -332,11 +333,18 @@ def _run_stages(
         process = subprocess.Popen(stage.command(), stdout=handle, stderr=subprocess.STDOUT, env=env)
         running.append((i, stage, log, handle, process, time.perf_counter()))
     finished: dict[int, float] = {}
-    while len(finished) < len(running):  # poll, so that each stage's time is its own
-        for index, (*_, process, started) in enumerate(running):
-            if index not in finished and process.poll() is not None:
-                finished[index] = time.perf_counter() - started
-        time.sleep(0.2 if len(finished) < len(running) else 0.0)
+    try:
+        while len(finished) < len(running):  # poll, so that each stage's time is its own
+            for index, (*_, process, started) in enumerate(running):
+                if index not in finished and process.poll() is not None:
+                    finished[index] = time.perf_counter() - started
+            time.sleep(0.2 if len(finished) < len(running) else 0.0)
+    except BaseException:  # interrupted: stop the stages too (a training resumes from its checkpoint)
+        for *_, handle, process, _ in running:
+            process.terminate()
+            process.wait()
+            handle.close()
+        raise
     records, failures = [], []
     for index, (i, stage, log, handle, process, _) in enumerate(running):
         code, seconds = process.returncode, finished[index]

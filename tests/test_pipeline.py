@@ -1,8 +1,10 @@
 """The main job end to end (quick variant), its resume, and the report."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,6 +77,7 @@ def test_report_from_fixture_files(tmp_path):
 
 SLEEPER = """import os, sys, time
 start = time.time()
+open(sys.argv[1] + ".pid", "w").write(str(os.getpid()))
 time.sleep(float(sys.argv[2]))
 if sys.argv[3] != "0":
     sys.exit(int(sys.argv[3]))
@@ -121,3 +124,22 @@ def test_a_failing_stage_of_a_group_lets_the_other_finish_then_stops(tmp_path):
     rerun = run_pipeline(sleeper_stages(tmp_path, codes=(0, 0), seconds=(0.1, 0.1)), tmp_path / "logs",
                          announce=lambda _: None, cores=2)
     assert [r.status for r in rerun.records] == ["ran", "skipped"]
+
+
+def test_an_interrupted_group_stops_its_stages(tmp_path, monkeypatch):
+    import fastgdr.pipeline as pipeline
+
+    real_sleep = time.sleep
+
+    def interrupt_once_both_started(seconds):
+        if all((tmp_path / f"s{i}.txt.pid").exists() for i in range(2)):
+            raise KeyboardInterrupt
+        real_sleep(seconds)
+
+    monkeypatch.setattr(pipeline.time, "sleep", interrupt_once_both_started)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(sleeper_stages(tmp_path, seconds=(60.0, 60.0)), tmp_path / "logs", announce=lambda _: None,
+                     cores=2)
+    for i in range(2):
+        with pytest.raises(ProcessLookupError):  # terminated and reaped, not left running
+            os.kill(int((tmp_path / f"s{i}.txt.pid").read_text()), 0)
