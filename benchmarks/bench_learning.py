@@ -36,6 +36,7 @@ from pathlib import Path
 
 from fastgdr.checkpoint import read_checkpoint
 from fastgdr.cli import run_tool
+from fastgdr.config import Config, load_config, to_dict
 from fastgdr.data.synthetic import SyntheticSpec, generate_dataset
 from fastgdr.inference import DECODERS
 from fastgdr.learning_curve import curve_points, plot_curve, plot_loss_curves, run_checkpoints, write_curve_csv
@@ -78,6 +79,35 @@ def default_pretrain_dir(config: Path, iterations: int, settings: list[str]) -> 
     return Path("runs/backbone_pretraining") / name
 
 
+def settings_that_differ(expected: dict, cached: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of ``expected`` whose value ``cached`` does not share, each with both values."""
+    differences = []
+    for key, value in expected.items():
+        other = cached.get(key) if isinstance(cached, dict) else None
+        if isinstance(value, dict) and isinstance(other, dict):
+            differences += settings_that_differ(value, other, f"{prefix}{key}.")
+        elif value != other:
+            differences.append(f"{prefix}{key}: {other!r} in the cached run, {value!r} for this one")
+    return differences
+
+
+def check_cached_pretraining(checkpoint: Path, expected: Config) -> None:
+    """Refuse a finished pretraining whose model or data settings or length differ from the
+    ones this run would pretrain with (e.g. made before a recipe changed)."""
+    cached = read_checkpoint(checkpoint)["config"]
+    wanted = to_dict(expected)
+    model = {key: value for key, value in wanted["model"].items() if key != "num_classes"}  # set from the data
+    differences = settings_that_differ(
+        {"model": model, "data": wanted["data"], "train": {"iterations": wanted["train"]["iterations"]}}, cached
+    )
+    if differences:
+        raise SystemExit(
+            f"the backbone pretraining in {checkpoint.parent} was made with other settings than this run's:\n  "
+            + "\n  ".join(differences)
+            + "\nremove that folder or pass another --pretrain-dir"
+        )
+
+
 def main() -> int:
     args = parse_args()
     decoders = [d.strip() for d in args.decoders.split(",") if d.strip()]
@@ -98,11 +128,14 @@ def main() -> int:
     pretrain_dir = args.pretrain_dir or default_pretrain_dir(args.config, args.pretrain_iterations, own_settings)
     if args.pretrain_iterations:
         shared = [o for o in DEFAULT_OVERRIDES if o.startswith(SHARED_SETTINGS)] + own_settings
+        pretrain_overrides = (*shared, "train.recipe=backbone_pretraining", f"train.batch_size={BATCH_SIZE}",
+                              f"train.iterations={args.pretrain_iterations}", f"train.seed={PRETRAIN_SEED}")
+        if (pretrain_dir / "model_final.pth").exists():
+            check_cached_pretraining(pretrain_dir / "model_final.pth", load_config(args.config, pretrain_overrides))
         stages.append(Stage(
             "backbone pretraining", "train.py",
             ("--config", str(args.config), "--data", str(args.data), "--out", str(pretrain_dir), "--no-progress",
-             *shared, "train.recipe=backbone_pretraining", f"train.batch_size={BATCH_SIZE}",
-             f"train.iterations={args.pretrain_iterations}", f"train.seed={PRETRAIN_SEED}"),
+             *pretrain_overrides),
             (pretrain_dir / "model_final.pth",),
             resumable=pretrain_dir / "last_checkpoint.pth",
         ))

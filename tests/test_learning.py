@@ -72,13 +72,14 @@ def test_bench_learning_pretrains_the_backbone_once_and_reports_it_apart(tiny_da
     cache = tmp_path / "pretraining"
     tiny = [o for o in TINY_TRAIN_OVERRIDES if o.startswith(("model.", "data."))]
 
-    def bench(out: str) -> str:
+    def bench(out: str, *extra: str, iterations: int = 2, ok: bool = True) -> str:
         cmd = [sys.executable, str(REPO / "benchmarks/bench_learning.py"), "--config", str(REPO / "configs/p.yaml"),
                "--minutes", "0.05", "--out", str(tmp_path / out), "--data", str(tiny_dataset), "--points", "1",
-               "--decoders", "patchpnp", "--pretrain-iterations", "2", "--pretrain-dir", str(cache), *tiny]
+               "--decoders", "patchpnp", "--pretrain-iterations", str(iterations), "--pretrain-dir", str(cache),
+               *tiny, *extra]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
+        assert (done.returncode == 0) == ok, done.stdout + done.stderr
+        return done.stdout if ok else done.stderr
 
     first = bench("run_a")
     pretrained = read_checkpoint(cache / "model_final.pth")
@@ -91,3 +92,8 @@ def test_bench_learning_pretrains_the_backbone_once_and_reports_it_apart(tiny_da
     second = bench("run_b")  # a second run reuses the pretraining
     assert "backbone pretraining: already done, skipped" in second
     assert read_checkpoint(cache / "model_final.pth")["elapsed_seconds"] == pretrained["elapsed_seconds"]
+    # a cached pretraining made at other settings (another crop jitter, another length) is refused
+    refused = bench("run_c", "data.augment.dzi_scale_ratio=0.2", ok=False)
+    assert "data.augment.dzi_scale_ratio: 0.1 in the cached run, 0.2 for this one" in refused
+    assert "train.iterations: 2 in the cached run, 3 for this one" in bench("run_d", iterations=3, ok=False)
+    assert not (tmp_path / "run_c").exists() and not (tmp_path / "run_d").exists()
