@@ -187,6 +187,42 @@ def test_rotation_error_is_the_angle_between_rotations():
     assert be.rotation_errors(R_g, R_g).abs().max().item() == 0.0
 
 
+@pytest.mark.parametrize(
+    "discrete, continuous",
+    [
+        ([], []),
+        ([np.diag([-1.0, -1.0, 1.0, 1.0]), np.diag([1.0, -1.0, -1.0, 1.0]), np.diag([-1.0, 1.0, -1.0, 1.0])], []),
+        ([], [(np.array([0.0, 0.0, 1.0]), np.zeros(3))]),
+    ],
+    ids=["asymmetric", "box", "cylinder"],
+)
+def test_symmetric_rotation_error_matches_the_reference(discrete, continuous):
+    sym_R, _ = symmetry_transformations(discrete, continuous)
+    R_g = Rotation.random(20, random_state=6).as_matrix()
+    R_e = Rotation.random(20, random_state=7).as_matrix()
+    fast = be.symmetric_rotation_errors(R_e, R_g, sym_R).numpy()
+    reference = [ref.re_sym(a, b, sym_R) for a, b in zip(R_e, R_g)]
+    np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-5)
+    if len(sym_R) == 1:
+        np.testing.assert_array_equal(fast, be.rotation_errors(R_e, R_g).numpy())
+    else:  # a twin of the GT scores 0, the plain rotation error does not
+        twins = R_g @ sym_R[len(sym_R) // 2]
+        assert be.symmetric_rotation_errors(twins, R_g, sym_R).max().item() < 1e-6
+        assert be.rotation_errors(twins, R_g).min().item() > 90.0
+
+
+def test_symmetric_rotation_error_of_a_turn_between_continuous_samples():
+    """A cylinder turned about its axis by half a sampling step: at most half a step (0.57°)."""
+    sym_R, _ = symmetry_transformations([], [(np.array([0.0, 0.0, 1.0]), np.zeros(3))])
+    half_step = math.pi / len(sym_R)
+    R_g = Rotation.random(3, random_state=8).as_matrix()
+    R_e = R_g @ rotation_about_axis(np.array([0.0, 0.0, 1.0]), 10 * 2 * half_step + half_step)
+    errors = be.symmetric_rotation_errors(R_e, R_g, sym_R).numpy()
+    np.testing.assert_allclose(errors, math.degrees(half_step), rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="at least the identity"):
+        be.symmetric_rotation_errors(R_e, R_g, np.zeros((0, 3, 3)))
+
+
 def test_mspd_of_a_shift_along_z_has_closed_form():
     """A box (no symmetry) at depth Z moved by dz: the near-face corners move farthest."""
     size, Z, dz = np.array([60.0, 40.0, 30.0]), 350.0, 7.0

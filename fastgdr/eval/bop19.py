@@ -38,9 +38,10 @@ Scores (:attr:`EvalResult.scores`):
   at θ·diameter), and ``add_s_mean_rotation_error_deg`` / ``add_s_mean_translation_error_mm``:
   the mean rotation error (degrees) and translation error (mm) over the estimates matched
   at 0.10·diameter (NaN when none is matched). The rotation error is
-  :func:`~fastgdr.eval.batched_errors.rotation_errors`: the angle between rotations, and
-  never 0 for an estimated R that is not a rotation (results files may hold any matrix;
-  they are scored as given, as the toolkit does).
+  :func:`~fastgdr.eval.batched_errors.symmetric_rotation_errors`: the angle to the nearest
+  symmetric twin of the GT rotation (0 for a twin, as MSSD and MSPD are), and never 0 for
+  an estimated R that is not a rotation (results files may hold any matrix; they are
+  scored as given, as the toolkit does).
 
 This module runs it: :func:`evaluate`, the per-image loop, and the gating and normalization
 of the errors. The protocol's constants are in :mod:`fastgdr.eval.protocol`; what the error
@@ -310,7 +311,8 @@ def _collect_pose_errors(pairs: PairBatch, matched: np.ndarray, num_gts: int, ta
         return
     index = torch.as_tensor(est * num_gts + matched[est], device=pairs.R_e.device)
     chosen = pairs.subset(index)
-    tally.rotation_errors.append(_numpy(batched_errors.rotation_errors(chosen.R_e, chosen.R_g)))
+    rotation = batched_errors.symmetric_rotation_errors(chosen.R_e, chosen.R_g, chosen.model.sym_R)
+    tally.rotation_errors.append(_numpy(rotation))
     tally.translation_errors.append(_numpy(batched_errors.translation_errors(chosen.t_e, chosen.t_g)))
 
 

@@ -140,6 +140,16 @@ def re(R_e: np.ndarray, R_g: np.ndarray) -> float:
     return math.degrees(math.acos(cosine))
 
 
+def re_sym(R_e: np.ndarray, R_g: np.ndarray, sym_R: np.ndarray) -> float:
+    """Rotation error in degrees up to symmetry: the smallest :func:`re` between R_e and
+    R_g·S over the symmetry rotations ``sym_R`` (S, 3, 3), identity included."""
+    sym_R = np.asarray(sym_R, dtype=np.float64).reshape(-1, 3, 3)
+    if len(sym_R) == 0:
+        raise ValueError("sym_R must hold at least the identity, got no symmetry")
+    R_g = np.asarray(R_g, dtype=np.float64)
+    return min(re(R_e, R_g @ S) for S in sym_R)
+
+
 def te(t_e: np.ndarray, t_g: np.ndarray) -> float:
     """Translation error ‖t_e − t_g‖ in mm."""
     t_e = np.asarray(t_e, dtype=np.float64).reshape(-1)
