@@ -4,7 +4,8 @@ A timed training run (``train.time_budget_minutes``) saves its weights at a few 
 of the budget (``train.snapshots``, each with the training time it had used) and at the
 end. :func:`curve_points` evaluates every one of those checkpoints on a test split from
 its detections (BOP 2019 AR and ADD(-S), as ``tools/test.py`` would), once per pose
-decoder; :func:`write_curve_csv` and :func:`plot_curve` save the curve.
+decoder; :func:`write_curve_csv` and :func:`plot_curve` save the curve, and
+:func:`plot_curve_comparison` draws several runs' curves in one figure.
 ``benchmarks/bench_learning.py`` runs the whole measurement.
 """
 
@@ -169,6 +170,45 @@ def plot_curve(points: Sequence[CurvePoint], path: str | Path, title: str) -> Pa
     axes.set_ylim(bottom=0.0)
     axes.grid(alpha=0.3)
     axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    return path
+
+
+def plot_curve_comparison(
+    runs: Sequence[tuple[str, Sequence[CurvePoint]]], path: str | Path, decoder: str = "patchpnp", title: str = ""
+) -> Path:
+    """AR against training minutes of several runs with one decoder, one line per run.
+
+    Runs with the same label (the seeds of one setting) share a colour and one legend entry,
+    so the spread across seeds shows as a band of lines.
+
+    Raises:
+        FastGDRError: a run has no point with ``decoder``.
+    """
+    figure_module = import_optional("matplotlib.figure", extra="plot", purpose="the learning-curve plot")
+    agg = import_optional("matplotlib.backends.backend_agg", extra="plot", purpose="the learning-curve plot")
+    figure = figure_module.Figure(figsize=(6.4, 4.2), dpi=120)
+    agg.FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    colors: dict[str, str] = {}
+    for label, points in runs:
+        mine = sorted((p for p in points if p.decoder == decoder), key=lambda p: p.minutes)
+        if not mine:
+            found = sorted({p.decoder for p in points})
+            raise FastGDRError(f"run '{label}' has no point with decoder '{decoder}' (it has {found})")
+        first = label not in colors
+        colors.setdefault(label, f"C{len(colors)}")
+        axes.plot([p.minutes for p in mine], [p.ar for p in mine], "o-", color=colors[label], alpha=0.8,
+                  label=label if first else None)
+    axes.set_xlabel("training wall clock (min)")
+    axes.set_ylabel(f"AR on the held-out test split ({decoder})")
+    axes.set_ylim(bottom=0.0)
+    axes.grid(alpha=0.3)
+    if title:
+        axes.set_title(title, fontsize=9)
     axes.legend(fontsize=7)
     figure.tight_layout()
     path = Path(path)

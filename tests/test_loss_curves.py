@@ -51,3 +51,37 @@ def test_tool_copies_metrics_and_refuses_to_overwrite(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert subprocess.run([*cmd, "--overwrite"], capture_output=True, text=True).returncode == 0
+
+
+def curve(decoder: str, ars: list[float]) -> list:
+    from fastgdr.learning_curve import CurvePoint
+
+    return [CurvePoint(3.0 * i, 300 * i, decoder, ar, ar, ar, ar, ar / 2, f"model_{i}.pth") for i, ar in enumerate(ars)]
+
+
+def test_curve_comparison_shares_a_colour_per_label_and_refuses_a_missing_decoder(tmp_path):
+    from fastgdr.learning_curve import plot_curve_comparison
+
+    runs = [("random", curve("patchpnp", [0.02, 0.1, 0.2])), ("random", curve("patchpnp", [0.03, 0.12, 0.23])),
+            ("pretrained", curve("patchpnp", [0.02, 0.2, 0.33]))]
+    path = plot_curve_comparison(runs, tmp_path / "compare.png", title="seeds")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FastGDRError, match=r"run 'random' has no point with decoder 'epnp-rot' \(it has \['patchpnp'\]\)"):
+        plot_curve_comparison(runs, tmp_path / "epnp.png", decoder="epnp-rot")
+
+
+def test_compare_curves_tool_reads_runs_and_names_a_bad_one(tmp_path):
+    from fastgdr.learning_curve import write_curve_csv
+
+    write_curve_csv(curve("patchpnp", [0.02, 0.1]) + curve("epnp-rot", [0.03, 0.08]), tmp_path / "run" / "curve.csv")
+    tool = [sys.executable, str(REPO / "benchmarks/compare_curves.py")]
+    done = subprocess.run([*tool, f"P={tmp_path / 'run'}", "--decoder", "epnp-rot", "--out", str(tmp_path / "c.png")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    again = subprocess.run([*tool, f"P={tmp_path / 'run'}", "--out", str(tmp_path / "c.png")], capture_output=True, text=True)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    missing = subprocess.run([*tool, f"P={tmp_path / 'none'}", "--out", str(tmp_path / "d.png")], capture_output=True, text=True)
+    assert missing.returncode == 2 and f"{tmp_path / 'none' / 'curve.csv'} does not exist" in missing.stderr
+    unlabeled = subprocess.run([*tool, str(tmp_path / "run"), "--out", str(tmp_path / "d.png")], capture_output=True, text=True)
+    assert unlabeled.returncode == 2 and "expected LABEL=FOLDER" in unlabeled.stderr
