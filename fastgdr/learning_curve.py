@@ -154,27 +154,14 @@ def read_curve_csv(path: str | Path) -> list[CurvePoint]:
 def plot_curve(points: Sequence[CurvePoint], path: str | Path, title: str) -> Path:
     """AR (solid) and ADD(-S) at 0.1 d (dashed) against training minutes, one colour per
     decoder (matplotlib's Agg canvas; no display needed)."""
-    figure_module = import_optional("matplotlib.figure", extra="plot", purpose="the learning-curve plot")
-    agg = import_optional("matplotlib.backends.backend_agg", extra="plot", purpose="the learning-curve plot")
-    figure = figure_module.Figure(figsize=(6.4, 4.2), dpi=120)
-    agg.FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
+    figure, axes = _curve_figure()
     for index, decoder in enumerate(dict.fromkeys(p.decoder for p in points)):
         mine = sorted((p for p in points if p.decoder == decoder), key=lambda p: p.minutes)
         color = f"C{index}"
         axes.plot([p.minutes for p in mine], [p.ar for p in mine], "o-", color=color, label=f"AR ({decoder})")
         axes.plot([p.minutes for p in mine], [p.add_s for p in mine], "s--", color=color, alpha=0.6,
                   label=f"ADD(-S) 0.1d ({decoder})")
-    axes.set_xlabel("training wall clock (min)")
-    axes.set_ylabel("recall on the held-out test split")
-    axes.set_ylim(bottom=0.0)
-    axes.grid(alpha=0.3)
-    axes.set_title(title, fontsize=9)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path)
-    return path
+    return _save_curve_figure(figure, axes, path, "recall on the held-out test split", title)
 
 
 def plot_curve_comparison(
@@ -188,11 +175,7 @@ def plot_curve_comparison(
     Raises:
         FastGDRError: a run has no point with ``decoder``.
     """
-    figure_module = import_optional("matplotlib.figure", extra="plot", purpose="the learning-curve plot")
-    agg = import_optional("matplotlib.backends.backend_agg", extra="plot", purpose="the learning-curve plot")
-    figure = figure_module.Figure(figsize=(6.4, 4.2), dpi=120)
-    agg.FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
+    figure, axes = _curve_figure()
     colors: dict[str, str] = {}
     for label, points in runs:
         mine = sorted((p for p in points if p.decoder == decoder), key=lambda p: p.minutes)
@@ -203,8 +186,21 @@ def plot_curve_comparison(
         colors.setdefault(label, f"C{len(colors)}")
         axes.plot([p.minutes for p in mine], [p.ar for p in mine], "o-", color=colors[label], alpha=0.8,
                   label=label if first else None)
+    return _save_curve_figure(figure, axes, path, f"AR on the held-out test split ({decoder})", title)
+
+
+def _curve_figure():
+    """A figure with one axes for recall against minutes (matplotlib's Agg canvas; no display needed)."""
+    figure_module = import_optional("matplotlib.figure", extra="plot", purpose="the learning-curve plot")
+    agg = import_optional("matplotlib.backends.backend_agg", extra="plot", purpose="the learning-curve plot")
+    figure = figure_module.Figure(figsize=(6.4, 4.2), dpi=120)
+    agg.FigureCanvasAgg(figure)
+    return figure, figure.add_subplot(1, 1, 1)
+
+
+def _save_curve_figure(figure, axes, path: str | Path, ylabel: str, title: str) -> Path:
     axes.set_xlabel("training wall clock (min)")
-    axes.set_ylabel(f"AR on the held-out test split ({decoder})")
+    axes.set_ylabel(ylabel)
     axes.set_ylim(bottom=0.0)
     axes.grid(alpha=0.3)
     if title:
