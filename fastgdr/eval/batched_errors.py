@@ -319,8 +319,8 @@ def symmetric_rotation_errors(R_e: ArrayLike, R_g: ArrayLike, sym_R: ArrayLike) 
     if len(sym_R) == 0:
         raise ValueError("sym_R must hold at least the identity, got no symmetry")
     twins = R_g[:, None] @ sym_R[None]  # [N, S, 3, 3]
-    chord = torch.linalg.matrix_norm(R_e[:, None] - twins).amin(dim=1) / math.sqrt(8.0)
-    return torch.rad2deg(2.0 * torch.arcsin(chord.clamp(max=1.0)))
+    estimates = R_e[:, None].expand_as(twins)
+    return rotation_errors(estimates.reshape(-1, 3, 3), twins.reshape(-1, 3, 3)).view(len(R_e), -1).amin(dim=1)
 
 
 def translation_errors(t_e: ArrayLike, t_g: ArrayLike) -> Tensor:
